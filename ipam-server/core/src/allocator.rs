@@ -119,7 +119,9 @@ impl SubnetAllocator {
 
     /// Marks `ip` as held. Returns false (and changes nothing) when it is not free.
     pub fn take(&mut self, ip: Ipv4Addr) -> bool {
-        let Some(offset) = self.usable_offset(ip) else { return false };
+        let Some(offset) = self.usable_offset(ip) else {
+            return false;
+        };
         if get(&self.used, offset) {
             return false;
         }
@@ -137,7 +139,9 @@ impl SubnetAllocator {
 
     /// Returns `ip` to the free list (at the back). Returns false when it was not held.
     pub fn release(&mut self, ip: Ipv4Addr) -> bool {
-        let Some(offset) = self.usable_offset(ip) else { return false };
+        let Some(offset) = self.usable_offset(ip) else {
+            return false;
+        };
         if !get(&self.used, offset) || self.quarantined.contains(&ip) {
             return false;
         }
@@ -201,7 +205,10 @@ mod tests {
         assert_eq!(all.last(), Some(&Ipv4Addr::new(100, 64, 0, 14)));
         assert!(a.peek(12).is_none());
         assert!(a.is_used(Ipv4Addr::new(100, 64, 0, 1)), "the router is never free");
-        assert!(a.is_used(Ipv4Addr::new(100, 64, 0, 15)), "the broadcast address is never free");
+        assert!(
+            a.is_used(Ipv4Addr::new(100, 64, 0, 15)),
+            "the broadcast address is never free"
+        );
     }
 
     #[test]

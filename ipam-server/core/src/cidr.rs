@@ -23,11 +23,17 @@ impl Ipv4Cidr {
     pub fn new(addr: Ipv4Addr, prefix: u8) -> Result<Self, DomainError> {
         let text = || format!("{addr}/{prefix}");
         if prefix > 32 {
-            return Err(DomainError::InvalidCidr { cidr: text(), why: "the prefix length is at most 32" });
+            return Err(DomainError::InvalidCidr {
+                cidr: text(),
+                why: "the prefix length is at most 32",
+            });
         }
         let network = u32::from(addr);
         if network & !mask(prefix) != 0 {
-            return Err(DomainError::InvalidCidr { cidr: text(), why: "host bits are set; use the network address" });
+            return Err(DomainError::InvalidCidr {
+                cidr: text(),
+                why: "host bits are set; use the network address",
+            });
         }
         Ok(Self { network, prefix })
     }
@@ -79,7 +85,11 @@ impl Ipv4Cidr {
 }
 
 fn mask(prefix: u8) -> u32 {
-    if prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(prefix)) }
+    if prefix == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(prefix))
+    }
 }
 
 impl fmt::Display for Ipv4Cidr {
@@ -92,11 +102,22 @@ impl FromStr for Ipv4Cidr {
     type Err = DomainError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = |why| DomainError::InvalidCidr { cidr: s.to_owned(), why };
-        let (addr, prefix) = s.split_once('/').ok_or_else(|| bad("expected ADDRESS/PREFIX, e.g. 100.64.0.0/16"))?;
-        let addr: Ipv4Addr = addr.parse().map_err(|_| bad("the address is not a dotted-quad IPv4 address"))?;
+        let bad = |why| DomainError::InvalidCidr {
+            cidr: s.to_owned(),
+            why,
+        };
+        let (addr, prefix) = s
+            .split_once('/')
+            .ok_or_else(|| bad("expected ADDRESS/PREFIX, e.g. 100.64.0.0/16"))?;
+        let addr: Ipv4Addr = addr
+            .parse()
+            .map_err(|_| bad("the address is not a dotted-quad IPv4 address"))?;
         let prefix_ok = !prefix.is_empty() && prefix.len() <= 2 && prefix.bytes().all(|b| b.is_ascii_digit());
-        let prefix: u8 = if prefix_ok { prefix.parse().map_err(|_| bad("bad prefix length"))? } else { 99 };
+        let prefix: u8 = if prefix_ok {
+            prefix.parse().map_err(|_| bad("bad prefix length"))?
+        } else {
+            99
+        };
         if prefix > 32 {
             return Err(bad("the prefix length must be a number from 0 to 32"));
         }
@@ -128,7 +149,11 @@ pub fn is_vpc_range(cidr: &Ipv4Cidr) -> bool {
         ([198, 19, 0, 0], 16),
     ];
     RANGES.iter().any(|&(net, prefix)| {
-        Ipv4Cidr { network: u32::from(Ipv4Addr::from(net)), prefix }.contains_cidr(cidr)
+        Ipv4Cidr {
+            network: u32::from(Ipv4Addr::from(net)),
+            prefix,
+        }
+        .contains_cidr(cidr)
     })
 }
 
@@ -152,7 +177,15 @@ mod tests {
 
     #[test]
     fn rejects_bad_text_with_a_reason() {
-        for bad in ["100.64.0.0", "100.64.0.0/33", "100.64.0.1/16", "100.64.0/16", "x/8", "1.2.3.4/-1", "1.2.3.4/"] {
+        for bad in [
+            "100.64.0.0",
+            "100.64.0.0/33",
+            "100.64.0.1/16",
+            "100.64.0/16",
+            "x/8",
+            "1.2.3.4/-1",
+            "1.2.3.4/",
+        ] {
             let err = bad.parse::<Ipv4Cidr>().expect_err(bad);
             assert!(matches!(err, DomainError::InvalidCidr { .. }), "{bad}: {err}");
         }

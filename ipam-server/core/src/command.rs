@@ -145,6 +145,15 @@ pub enum CommandBody {
     RemoveNode {
         /// The node name.
         node: String,
+        /// Also remove a node that is still active (heartbeating).
+        force: bool,
+    },
+    /// An operator ends one binding (e.g. a pod that is gone while its node's agent is down).
+    ReleaseLease {
+        /// The node.
+        node: String,
+        /// The lease.
+        lease: LeaseId,
     },
 
     // ---- node agent ----
@@ -275,6 +284,9 @@ pub enum CommandBody {
         agent: AgentRef,
         /// The attachments the runtime still has: (container id, ifname).
         valid: Vec<(String, String)>,
+        /// Only leases bound before this are considered, so that an ADD in flight while the
+        /// runtime listed its attachments is not collected.
+        bound_before: Timestamp,
     },
 
     // ---- controllers ----

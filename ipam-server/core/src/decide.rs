@@ -137,20 +137,34 @@ impl Reply {
     /// The reply an event implies, for events of commands that carry a request id.
     pub fn of_event(kind: &EventKind) -> Option<Reply> {
         Some(match kind {
-            EventKind::EniPlanned { eni, kind, device_index, subnet_id, security_groups, primary_ip, ips, token, .. } => {
-                Reply::EniPlanned(EniPlan {
-                    eni: *eni,
-                    kind: *kind,
-                    device_index: *device_index,
-                    subnet_id: subnet_id.clone(),
-                    security_groups: security_groups.clone(),
-                    primary_ip: *primary_ip,
-                    ips: ips.clone(),
-                    token: token.clone(),
-                })
-            }
-            EventKind::IpsPlanned { eni, ips, .. } => Reply::IpsPlanned { eni: *eni, ips: ips.clone() },
-            EventKind::IpsDraining { eni, ips, .. } => Reply::IpsDraining { eni: *eni, ips: ips.clone() },
+            EventKind::EniPlanned {
+                eni,
+                kind,
+                device_index,
+                subnet_id,
+                security_groups,
+                primary_ip,
+                ips,
+                token,
+                ..
+            } => Reply::EniPlanned(EniPlan {
+                eni: *eni,
+                kind: *kind,
+                device_index: *device_index,
+                subnet_id: subnet_id.clone(),
+                security_groups: security_groups.clone(),
+                primary_ip: *primary_ip,
+                ips: ips.clone(),
+                token: token.clone(),
+            }),
+            EventKind::IpsPlanned { eni, ips, .. } => Reply::IpsPlanned {
+                eni: *eni,
+                ips: ips.clone(),
+            },
+            EventKind::IpsDraining { eni, ips, .. } => Reply::IpsDraining {
+                eni: *eni,
+                ips: ips.clone(),
+            },
             EventKind::EniDetaching { eni, .. } => Reply::EniDetaching { eni: *eni },
             EventKind::IpBound { lease, .. } => Reply::Bound(lease.clone()),
             EventKind::IpReleased { lease, .. } => Reply::Released(vec![lease.clone()]),
@@ -161,17 +175,27 @@ impl Reply {
 
 /// Decides a command. See the module docs.
 pub fn decide(state: &State, cmd: &Command) -> Result<Decision> {
-    let mut d = Decider { state, cmd, events: Vec::new() };
+    let mut d = Decider {
+        state,
+        cmd,
+        events: Vec::new(),
+    };
     if let Some(agent) = cmd.body.agent() {
         let node = d.agent_node(agent)?;
         if cmd.body.deduplicated()
             && let Some(reply) = cmd.request_id.as_ref().and_then(|id| node.recent.get(id))
         {
-            return Ok(Decision { events: Vec::new(), reply: reply.clone() });
+            return Ok(Decision {
+                events: Vec::new(),
+                reply: reply.clone(),
+            });
         }
     }
     let reply = d.run()?;
-    Ok(Decision { events: d.events, reply })
+    Ok(Decision {
+        events: d.events,
+        reply,
+    })
 }
 
 impl CommandBody {
@@ -223,7 +247,12 @@ struct Decider<'a> {
 
 impl<'a> Decider<'a> {
     fn emit(&mut self, kind: EventKind) {
-        self.events.push(Event { index: self.cmd.index, at: self.cmd.at, actor: self.cmd.actor.clone(), kind });
+        self.events.push(Event {
+            index: self.cmd.index,
+            at: self.cmd.at,
+            actor: self.cmd.actor.clone(),
+            kind,
+        });
     }
 
     /// Emits the event that answers the command and returns the reply it implies.
@@ -240,20 +269,32 @@ impl<'a> Decider<'a> {
     fn agent_node(&self, agent: &AgentRef) -> Result<&'a Node> {
         let node = self.node(&agent.node)?;
         if node.epoch != agent.epoch {
-            return Err(DomainError::StaleEpoch { node: agent.node.clone(), given: agent.epoch, current: node.epoch });
+            return Err(DomainError::StaleEpoch {
+                node: agent.node.clone(),
+                given: agent.epoch,
+                current: node.epoch,
+            });
         }
         if node.status == NodeStatus::Expired {
-            return Err(DomainError::NodeExpired { node: agent.node.clone() });
+            return Err(DomainError::NodeExpired {
+                node: agent.node.clone(),
+            });
         }
         Ok(node)
     }
 
     fn node(&self, name: &str) -> Result<&'a Node> {
-        self.state.nodes.get(name).ok_or_else(|| DomainError::NodeNotFound { node: name.to_owned() })
+        self.state
+            .nodes
+            .get(name)
+            .ok_or_else(|| DomainError::NodeNotFound { node: name.to_owned() })
     }
 
     fn eni(&self, node: &'a Node, eni: EniRef) -> Result<&'a crate::state::Eni> {
-        node.enis.get(&eni).ok_or_else(|| DomainError::EniNotFound { node: node.spec.name.clone(), eni })
+        node.enis.get(&eni).ok_or_else(|| DomainError::EniNotFound {
+            node: node.spec.name.clone(),
+            eni,
+        })
     }
 
     fn run(&mut self) -> Result<Reply> {
@@ -267,7 +308,10 @@ impl<'a> Decider<'a> {
                     return Ok(Reply::Done);
                 }
                 if let Some(other) = self.state.pools.iter().find(|p| p.overlaps(cidr)) {
-                    return Err(DomainError::PoolOverlaps { cidr: *cidr, existing: *other });
+                    return Err(DomainError::PoolOverlaps {
+                        cidr: *cidr,
+                        existing: *other,
+                    });
                 }
                 self.emit(EventKind::PoolCreated { cidr: *cidr });
                 Ok(Reply::Done)
@@ -278,7 +322,10 @@ impl<'a> Decider<'a> {
                     return Err(DomainError::SubnetConfigNotFound { name: name.clone() });
                 }
                 if let Some(node) = self.state.nodes.values().find(|n| &n.spec.subnet_config == name) {
-                    return Err(DomainError::SubnetConfigInUse { name: name.clone(), node: node.spec.name.clone() });
+                    return Err(DomainError::SubnetConfigInUse {
+                        name: name.clone(),
+                        node: node.spec.name.clone(),
+                    });
                 }
                 self.emit(EventKind::SubnetConfigDeleted { name: name.clone() });
                 Ok(Reply::Done)
@@ -293,9 +340,15 @@ impl<'a> Decider<'a> {
             }
             CommandBody::DeleteSgPolicy { namespace, name } => {
                 if !self.state.sg_policies.contains_key(&(namespace.clone(), name.clone())) {
-                    return Err(DomainError::SgPolicyNotFound { namespace: namespace.clone(), name: name.clone() });
+                    return Err(DomainError::SgPolicyNotFound {
+                        namespace: namespace.clone(),
+                        name: name.clone(),
+                    });
                 }
-                self.emit(EventKind::SgPolicyDeleted { namespace: namespace.clone(), name: name.clone() });
+                self.emit(EventKind::SgPolicyDeleted {
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                });
                 Ok(Reply::Done)
             }
             CommandBody::UpdateSettings(settings) => {
@@ -311,13 +364,29 @@ impl<'a> Decider<'a> {
                     .subnet_of(*ip)
                     .filter(|s| s.alloc.quarantined().contains(ip))
                     .ok_or(DomainError::NotQuarantined { ip: *ip })?;
-                self.emit(EventKind::IpUnquarantined { subnet_id: subnet.id.clone(), ip: *ip });
+                self.emit(EventKind::IpUnquarantined {
+                    subnet_id: subnet.id.clone(),
+                    ip: *ip,
+                });
                 Ok(Reply::Done)
             }
-            CommandBody::RemoveNode { node } => {
+            CommandBody::RemoveNode { node, force } => {
                 let node = self.node(node)?;
+                if node.status == NodeStatus::Active && !force {
+                    return Err(DomainError::NodeActive {
+                        node: node.spec.name.clone(),
+                    });
+                }
                 let released = self.remove_node(node, ReleaseReason::NodeRemoved);
                 Ok(Reply::Released(released))
+            }
+            CommandBody::ReleaseLease { node, lease } => {
+                let n = self.node(node)?;
+                let lease = n.leases.get(lease).ok_or_else(|| DomainError::StaleLease {
+                    node: node.clone(),
+                    lease: *lease,
+                })?;
+                Ok(self.release(lease, ReleaseReason::Operator, None))
             }
             CommandBody::RegisterNode(spec) => self.register(spec),
             CommandBody::Heartbeat(agent) => {
@@ -326,16 +395,26 @@ impl<'a> Decider<'a> {
                 let deadline = cmd.at.saturating_add(ttl);
                 // Coalesce: a heartbeat only becomes an event once half the TTL has been used.
                 if node.deadline >= cmd.at.saturating_add(ttl / 2) {
-                    return Ok(Reply::Heartbeat { deadline: node.deadline });
+                    return Ok(Reply::Heartbeat {
+                        deadline: node.deadline,
+                    });
                 }
-                self.emit(EventKind::NodeHeartbeat { node: agent.node.clone(), deadline });
+                self.emit(EventKind::NodeHeartbeat {
+                    node: agent.node.clone(),
+                    deadline,
+                });
                 Ok(Reply::Heartbeat { deadline })
             }
             CommandBody::PlanEni { agent, request } => self.plan_eni(self.agent_node(agent)?, *request),
             CommandBody::PlanBranchEni { agent, security_groups } => {
                 self.plan_branch(self.agent_node(agent)?, security_groups)
             }
-            CommandBody::ReportEniAttached { agent, eni, eni_id, mac } => {
+            CommandBody::ReportEniAttached {
+                agent,
+                eni,
+                eni_id,
+                mac,
+            } => {
                 let node = self.agent_node(agent)?;
                 let e = self.eni(node, *eni)?;
                 validate::aws_id("eni", eni_id)?;
@@ -343,16 +422,36 @@ impl<'a> Decider<'a> {
                 match e.state {
                     EniState::Attached if e.eni_id.as_deref() == Some(eni_id.as_str()) => return Ok(Reply::Done),
                     EniState::Planned => {}
-                    state => return Err(DomainError::EniState { eni: *eni, state, wanted: EniState::Planned }),
+                    state => {
+                        return Err(DomainError::EniState {
+                            eni: *eni,
+                            state,
+                            wanted: EniState::Planned,
+                        });
+                    }
                 }
-                self.emit(EventKind::EniAttached { node: agent.node.clone(), eni: *eni, eni_id: eni_id.clone(), mac });
+                self.emit(EventKind::EniAttached {
+                    node: agent.node.clone(),
+                    eni: *eni,
+                    eni_id: eni_id.clone(),
+                    mac,
+                });
                 Ok(Reply::Done)
             }
-            CommandBody::ReportEniFailed { agent, eni, in_use, error } => {
+            CommandBody::ReportEniFailed {
+                agent,
+                eni,
+                in_use,
+                error,
+            } => {
                 let node = self.agent_node(agent)?;
                 let e = self.eni(node, *eni)?;
                 if e.state != EniState::Planned {
-                    return Err(DomainError::EniState { eni: *eni, state: e.state, wanted: EniState::Planned });
+                    return Err(DomainError::EniState {
+                        eni: *eni,
+                        state: e.state,
+                        wanted: EniState::Planned,
+                    });
                 }
                 for ip in unique(in_use) {
                     if ip != e.primary_ip && !e.slots.contains_key(&ip) {
@@ -360,7 +459,11 @@ impl<'a> Decider<'a> {
                     }
                     self.quarantine(e, ip, error);
                 }
-                self.emit(EventKind::EniPlanFailed { node: agent.node.clone(), eni: *eni, error: error.clone() });
+                self.emit(EventKind::EniPlanFailed {
+                    node: agent.node.clone(),
+                    eni: *eni,
+                    error: error.clone(),
+                });
                 Ok(Reply::Done)
             }
             CommandBody::PlanIps { agent, eni, count } => {
@@ -373,8 +476,12 @@ impl<'a> Decider<'a> {
                     return Err(DomainError::IpsPerEniLimit { eni: *eni, max, wanted });
                 }
                 let ips = self.peek(&e.subnet_id, usize::from(*count))?;
-                let kind =
-                    EventKind::IpsPlanned { node: agent.node.clone(), eni: *eni, ips, request_id: cmd.request_id.clone() };
+                let kind = EventKind::IpsPlanned {
+                    node: agent.node.clone(),
+                    eni: *eni,
+                    ips,
+                    request_id: cmd.request_id.clone(),
+                };
                 Ok(self.answer(kind))
             }
             CommandBody::ReportIpsAssigned { agent, eni, ips } => {
@@ -382,10 +489,20 @@ impl<'a> Decider<'a> {
                 let e = self.eni(node, *eni)?;
                 self.require_attached_secondary(e)?;
                 let ips = self.require_slots(e, ips, Slot::Pending)?;
-                self.emit(EventKind::IpsAssigned { node: agent.node.clone(), eni: *eni, ips });
+                self.emit(EventKind::IpsAssigned {
+                    node: agent.node.clone(),
+                    eni: *eni,
+                    ips,
+                });
                 Ok(Reply::Done)
             }
-            CommandBody::ReportIpsFailed { agent, eni, ips, in_use, error } => {
+            CommandBody::ReportIpsFailed {
+                agent,
+                eni,
+                ips,
+                in_use,
+                error,
+            } => {
                 let node = self.agent_node(agent)?;
                 let e = self.eni(node, *eni)?;
                 self.require_attached_secondary(e)?;
@@ -400,7 +517,12 @@ impl<'a> Decider<'a> {
                 let returned: Vec<Ipv4Addr> = ips.into_iter().filter(|ip| !in_use.contains(ip)).collect();
                 if !returned.is_empty() {
                     let reason = ReturnReason::PlanFailed;
-                    self.emit(EventKind::IpsReturned { node: agent.node.clone(), eni: *eni, ips: returned, reason });
+                    self.emit(EventKind::IpsReturned {
+                        node: agent.node.clone(),
+                        eni: *eni,
+                        ips: returned,
+                        reason,
+                    });
                 }
                 Ok(Reply::Done)
             }
@@ -408,14 +530,27 @@ impl<'a> Decider<'a> {
                 let node = self.agent_node(agent)?;
                 let e = self.eni(node, *eni)?;
                 self.require_attached_secondary(e)?;
-                let warm: Vec<Ipv4Addr> =
-                    e.slots.iter().rev().filter(|(_, s)| matches!(s, Slot::Warm { .. })).map(|(ip, _)| *ip).collect();
+                let warm: Vec<Ipv4Addr> = e
+                    .slots
+                    .iter()
+                    .rev()
+                    .filter(|(_, s)| matches!(s, Slot::Warm { .. }))
+                    .map(|(ip, _)| *ip)
+                    .collect();
                 if *count == 0 || warm.len() < usize::from(*count) {
-                    return Err(DomainError::NotEnoughWarm { eni: *eni, wanted: *count, warm: warm.len() });
+                    return Err(DomainError::NotEnoughWarm {
+                        eni: *eni,
+                        wanted: *count,
+                        warm: warm.len(),
+                    });
                 }
                 let ips = warm.into_iter().take(usize::from(*count)).collect();
-                let kind =
-                    EventKind::IpsDraining { node: agent.node.clone(), eni: *eni, ips, request_id: cmd.request_id.clone() };
+                let kind = EventKind::IpsDraining {
+                    node: agent.node.clone(),
+                    eni: *eni,
+                    ips,
+                    request_id: cmd.request_id.clone(),
+                };
                 Ok(self.answer(kind))
             }
             CommandBody::ReportIpsUnassigned { agent, eni, ips } => {
@@ -427,7 +562,12 @@ impl<'a> Decider<'a> {
                 }
                 let ips = self.require_slots(e, ips, Slot::Draining)?;
                 let reason = ReturnReason::Unassigned;
-                self.emit(EventKind::IpsReturned { node: agent.node.clone(), eni: *eni, ips, reason });
+                self.emit(EventKind::IpsReturned {
+                    node: agent.node.clone(),
+                    eni: *eni,
+                    ips,
+                    reason,
+                });
                 Ok(Reply::Done)
             }
             CommandBody::PlanEniDetach { agent, eni } => {
@@ -436,34 +576,54 @@ impl<'a> Decider<'a> {
                 if e.state == EniState::Detaching {
                     return Ok(Reply::EniDetaching { eni: *eni });
                 }
-                let busy = e.slots.values().filter(|s| matches!(s, Slot::Bound { .. } | Slot::Pending)).count();
+                let busy = e
+                    .slots
+                    .values()
+                    .filter(|s| matches!(s, Slot::Bound { .. } | Slot::Pending))
+                    .count();
                 let branches = match e.kind {
                     EniKind::Trunk => node.branch_count(),
                     _ => 0,
                 };
                 if busy + branches > 0 {
-                    return Err(DomainError::EniBusy { eni: *eni, bound_or_pending: busy, branches });
+                    return Err(DomainError::EniBusy {
+                        eni: *eni,
+                        bound_or_pending: busy,
+                        branches,
+                    });
                 }
-                let event = EventKind::EniDetaching { node: agent.node.clone(), eni: *eni, request_id: cmd.request_id.clone() };
+                let event = EventKind::EniDetaching {
+                    node: agent.node.clone(),
+                    eni: *eni,
+                    request_id: cmd.request_id.clone(),
+                };
                 Ok(self.answer(event))
             }
             CommandBody::ReportEniDetached { agent, eni } => {
                 let node = self.agent_node(agent)?;
                 let e = self.eni(node, *eni)?;
                 if e.state != EniState::Detaching {
-                    return Err(DomainError::EniState { eni: *eni, state: e.state, wanted: EniState::Detaching });
+                    return Err(DomainError::EniState {
+                        eni: *eni,
+                        state: e.state,
+                        wanted: EniState::Detaching,
+                    });
                 }
-                self.emit(EventKind::EniDetached { node: agent.node.clone(), eni: *eni, eni_id: e.eni_id.clone() });
+                self.emit(EventKind::EniDetached {
+                    node: agent.node.clone(),
+                    eni: *eni,
+                    eni_id: e.eni_id.clone(),
+                });
                 Ok(Reply::Done)
             }
             CommandBody::Bind { agent, owner, pod } => self.bind(self.agent_node(agent)?, owner, pod),
             CommandBody::Release { agent, lease, reason } => {
                 let node = self.agent_node(agent)?;
                 let lease = match lease {
-                    LeaseSelector::Id(id) => node
-                        .leases
-                        .get(id)
-                        .ok_or_else(|| DomainError::StaleLease { node: agent.node.clone(), lease: *id })?,
+                    LeaseSelector::Id(id) => node.leases.get(id).ok_or_else(|| DomainError::StaleLease {
+                        node: agent.node.clone(),
+                        lease: *id,
+                    })?,
                     LeaseSelector::Attachment { container_id, ifname } => node
                         .attachments
                         .get(&(container_id.clone(), ifname.clone()))
@@ -476,11 +636,15 @@ impl<'a> Decider<'a> {
                 };
                 Ok(self.release(lease, *reason, cmd.request_id.clone()))
             }
-            CommandBody::Gc { agent, valid } => {
+            CommandBody::Gc {
+                agent,
+                valid,
+                bound_before,
+            } => {
                 let node = self.agent_node(agent)?;
                 let valid: BTreeSet<(&str, &str)> = valid.iter().map(|(c, i)| (c.as_str(), i.as_str())).collect();
                 let mut released = Vec::new();
-                for lease in node.leases.values() {
+                for lease in node.leases.values().filter(|l| l.bound_at < *bound_before) {
                     if !valid.contains(&(lease.owner.container_id.as_str(), lease.owner.ifname.as_str()))
                         && let Reply::Released(mut l) = self.release(lease, ReleaseReason::Gc, None)
                     {
@@ -512,10 +676,22 @@ impl<'a> Decider<'a> {
                     known_az: existing.az.clone(),
                 });
             }
-        } else if let Some(other) = self.state.subnets.values().find(|s| s.alloc.cidr().overlaps(&spec.cidr)) {
-            return Err(DomainError::SubnetOverlaps { cidr: spec.cidr, other: other.id.clone() });
+        } else if let Some(other) = self
+            .state
+            .subnets
+            .values()
+            .find(|s| s.alloc.cidr().overlaps(&spec.cidr))
+        {
+            return Err(DomainError::SubnetOverlaps {
+                cidr: spec.cidr,
+                other: other.id.clone(),
+            });
         }
-        if let Some(node) = self.state.nodes.values().find(|n| n.spec.subnet_config == spec.name && n.spec.az != spec.az)
+        if let Some(node) = self
+            .state
+            .nodes
+            .values()
+            .find(|n| n.spec.subnet_config == spec.name && n.spec.az != spec.az)
         {
             return Err(DomainError::AzMismatch {
                 node: node.spec.name.clone(),
@@ -541,14 +717,17 @@ impl<'a> Decider<'a> {
                 limits.validate()?;
                 limits
             }
-            None => limits::lookup(&spec.instance_type)
-                .ok_or_else(|| DomainError::UnknownInstanceType { instance_type: spec.instance_type.clone() })?,
+            None => limits::lookup(&spec.instance_type).ok_or_else(|| DomainError::UnknownInstanceType {
+                instance_type: spec.instance_type.clone(),
+            })?,
         };
-        let config = self
-            .state
-            .subnet_configs
-            .get(&spec.subnet_config)
-            .ok_or_else(|| DomainError::SubnetConfigNotFound { name: spec.subnet_config.clone() })?;
+        let config =
+            self.state
+                .subnet_configs
+                .get(&spec.subnet_config)
+                .ok_or_else(|| DomainError::SubnetConfigNotFound {
+                    name: spec.subnet_config.clone(),
+                })?;
         if config.az != spec.az {
             return Err(DomainError::AzMismatch {
                 node: spec.name.clone(),
@@ -558,7 +737,9 @@ impl<'a> Decider<'a> {
             });
         }
         if spec.pod_eni && !limits.trunking {
-            return Err(DomainError::TrunkingUnsupported { instance_type: spec.instance_type.clone() });
+            return Err(DomainError::TrunkingUnsupported {
+                instance_type: spec.instance_type.clone(),
+            });
         }
         if let Some(old) = self.state.nodes.get(&spec.name) {
             // Another instance (or the same one with other limits, after a stop and a type
@@ -568,8 +749,15 @@ impl<'a> Decider<'a> {
             }
         }
         let deadline = self.cmd.at.saturating_add(self.settings().heartbeat_ttl_ms);
-        self.emit(EventKind::NodeRegistered { spec: spec.clone(), limits, deadline });
-        Ok(Reply::Registered { epoch: self.cmd.index, deadline })
+        self.emit(EventKind::NodeRegistered {
+            spec: spec.clone(),
+            limits,
+            deadline,
+        });
+        Ok(Reply::Registered {
+            epoch: self.cmd.index,
+            deadline,
+        })
     }
 
     fn remove_node(&mut self, node: &Node, reason: ReleaseReason) -> Vec<Lease> {
@@ -579,7 +767,9 @@ impl<'a> Decider<'a> {
                 released.append(&mut l);
             }
         }
-        self.emit(EventKind::NodeRemoved { node: node.spec.name.clone() });
+        self.emit(EventKind::NodeRemoved {
+            node: node.spec.name.clone(),
+        });
         released
     }
 
@@ -589,16 +779,24 @@ impl<'a> Decider<'a> {
             EniRequest::Secondary { ips } => {
                 let max = usize::from(limits.pod_ips_per_eni());
                 if usize::from(ips) > max {
-                    return Err(DomainError::IpsPerEniLimit { eni: self.cmd.index, max, wanted: usize::from(ips) });
+                    return Err(DomainError::IpsPerEniLimit {
+                        eni: self.cmd.index,
+                        max,
+                        wanted: usize::from(ips),
+                    });
                 }
                 (EniKind::Secondary, usize::from(ips))
             }
             EniRequest::Trunk => {
                 if !node.spec.pod_eni {
-                    return Err(DomainError::PodEniDisabled { node: node.spec.name.clone() });
+                    return Err(DomainError::PodEniDisabled {
+                        node: node.spec.name.clone(),
+                    });
                 }
                 if node.trunk().is_some() {
-                    return Err(DomainError::TrunkExists { node: node.spec.name.clone() });
+                    return Err(DomainError::TrunkExists {
+                        node: node.spec.name.clone(),
+                    });
                 }
                 (EniKind::Trunk, 0)
             }
@@ -634,17 +832,24 @@ impl<'a> Decider<'a> {
 
     fn plan_branch(&mut self, node: &Node, security_groups: &[String]) -> Result<Reply> {
         if !node.spec.pod_eni {
-            return Err(DomainError::PodEniDisabled { node: node.spec.name.clone() });
+            return Err(DomainError::PodEniDisabled {
+                node: node.spec.name.clone(),
+            });
         }
         validate::security_groups(security_groups, 1)?;
         let groups = normalize_groups(security_groups);
         let trunk = node
             .trunk()
             .filter(|t| t.state == EniState::Attached)
-            .ok_or_else(|| DomainError::NoTrunk { node: node.spec.name.clone() })?;
+            .ok_or_else(|| DomainError::NoTrunk {
+                node: node.spec.name.clone(),
+            })?;
         let max = node.limits.branch_enis.min(MAX_BRANCH_ENIS);
         if node.branch_count() >= usize::from(max) {
-            return Err(DomainError::BranchLimit { node: node.spec.name.clone(), max });
+            return Err(DomainError::BranchLimit {
+                node: node.spec.name.clone(),
+                max,
+            });
         }
         let used: BTreeSet<u16> = node
             .enis
@@ -654,15 +859,20 @@ impl<'a> Decider<'a> {
                 _ => None,
             })
             .collect();
-        let vlan = (1..=max).find(|v| !used.contains(v)).ok_or_else(|| DomainError::BranchLimit {
-            node: node.spec.name.clone(),
-            max,
-        })?;
+        let vlan = (1..=max)
+            .find(|v| !used.contains(v))
+            .ok_or_else(|| DomainError::BranchLimit {
+                node: node.spec.name.clone(),
+                max,
+            })?;
         let ip = self.peek(&trunk.subnet_id, 1)?.remove(0);
         let kind = EventKind::EniPlanned {
             node: node.spec.name.clone(),
             eni: self.cmd.index,
-            kind: EniKind::Branch { vlan, trunk: trunk.eni_ref },
+            kind: EniKind::Branch {
+                vlan,
+                trunk: trunk.eni_ref,
+            },
             device_index: None,
             subnet_id: trunk.subnet_id.clone(),
             security_groups: groups,
@@ -690,28 +900,37 @@ impl<'a> Decider<'a> {
         }
         let groups = if node.spec.pod_eni {
             let ns = &pod.namespace;
-            let in_ns = self.state.sg_policies.range((ns.clone(), String::new())..).take_while(|((n, _), _)| n == ns);
+            let in_ns = self
+                .state
+                .sg_policies
+                .range((ns.clone(), String::new())..)
+                .take_while(|((n, _), _)| n == ns);
             policy::security_groups_for(in_ns.map(|(_, p)| p), pod)?
         } else {
             Vec::new()
         };
-        let (eni, ip, vlan, security_groups) = if groups.is_empty() {
-            let &(_, ip, eni) =
-                node.warm.first().ok_or_else(|| DomainError::NoWarmAddress { node: node.spec.name.clone() })?;
-            let e = self.eni(node, eni)?;
-            (e, ip, None, e.security_groups.clone())
-        } else {
-            let groups = normalize_groups(&groups);
-            let &(_, eni) = node.warm_branches.get(&groups).and_then(|s| s.first()).ok_or_else(|| {
-                DomainError::NoWarmBranch { node: node.spec.name.clone(), security_groups: groups.clone() }
-            })?;
-            let e = self.eni(node, eni)?;
-            let vlan = match e.kind {
-                EniKind::Branch { vlan, .. } => Some(vlan),
-                _ => None,
+        let (eni, ip, vlan, security_groups) =
+            if groups.is_empty() {
+                let &(_, ip, eni) = node.warm.first().ok_or_else(|| DomainError::NoWarmAddress {
+                    node: node.spec.name.clone(),
+                })?;
+                let e = self.eni(node, eni)?;
+                (e, ip, None, e.security_groups.clone())
+            } else {
+                let groups = normalize_groups(&groups);
+                let &(_, eni) = node.warm_branches.get(&groups).and_then(|s| s.first()).ok_or_else(|| {
+                    DomainError::NoWarmBranch {
+                        node: node.spec.name.clone(),
+                        security_groups: groups.clone(),
+                    }
+                })?;
+                let e = self.eni(node, eni)?;
+                let vlan = match e.kind {
+                    EniKind::Branch { vlan, .. } => Some(vlan),
+                    _ => None,
+                };
+                (e, e.primary_ip, vlan, groups)
             };
-            (e, e.primary_ip, vlan, groups)
-        };
         let lease = Lease {
             id: self.cmd.index,
             ip,
@@ -724,7 +943,10 @@ impl<'a> Decider<'a> {
             owner: owner.clone(),
             bound_at: self.cmd.at,
         };
-        Ok(self.answer(EventKind::IpBound { lease, request_id: self.cmd.request_id.clone() }))
+        Ok(self.answer(EventKind::IpBound {
+            lease,
+            request_id: self.cmd.request_id.clone(),
+        }))
     }
 
     fn release(&mut self, lease: &Lease, reason: ReleaseReason, request_id: Option<crate::ids::RequestId>) -> Reply {
@@ -733,24 +955,33 @@ impl<'a> Decider<'a> {
             None => self.settings().ip_cooldown_ms,
         };
         let cooling_until = self.cmd.at.saturating_add(cooldown);
-        self.answer(EventKind::IpReleased { lease: lease.clone(), reason, cooling_until, request_id })
+        self.answer(EventKind::IpReleased {
+            lease: lease.clone(),
+            reason,
+            cooling_until,
+            request_id,
+        })
     }
 
     fn tick(&mut self) -> Reply {
         let now = self.cmd.at;
         let mut expired = Vec::new();
-        for node in self.state.nodes.values() {
-            if node.status == NodeStatus::Active && node.deadline <= now {
-                self.emit(EventKind::NodeExpired { node: node.spec.name.clone() });
-                for lease in node.leases.values() {
-                    self.release(lease, ReleaseReason::Expired, None);
-                }
-                expired.push(node.spec.name.clone());
+        let due = self.state.deadlines.iter().take_while(|(deadline, _)| *deadline <= now);
+        for node in due.filter_map(|(_, name)| self.state.nodes.get(name)) {
+            self.emit(EventKind::NodeExpired {
+                node: node.spec.name.clone(),
+            });
+            for lease in node.leases.values() {
+                self.release(lease, ReleaseReason::Expired, None);
             }
+            expired.push(node.spec.name.clone());
         }
         let mut cooled = 0;
         for (until, target) in self.state.cooling.iter().take_while(|(until, _)| *until <= now) {
-            self.emit(EventKind::IpCooled { until: *until, target: target.clone() });
+            self.emit(EventKind::IpCooled {
+                until: *until,
+                target: target.clone(),
+            });
             cooled += 1;
         }
         Reply::Ticked { expired, cooled }
@@ -771,7 +1002,11 @@ impl<'a> Decider<'a> {
             return Err(DomainError::NotSecondary { eni: e.eni_ref });
         }
         if e.state != EniState::Attached {
-            return Err(DomainError::EniState { eni: e.eni_ref, state: e.state, wanted: EniState::Attached });
+            return Err(DomainError::EniState {
+                eni: e.eni_ref,
+                state: e.state,
+                wanted: EniState::Attached,
+            });
         }
         Ok(())
     }
@@ -785,8 +1020,19 @@ impl<'a> Decider<'a> {
         for ip in &ips {
             match e.slots.get(ip) {
                 Some(slot) if *slot == wanted => {}
-                Some(slot) => return Err(DomainError::AddressState { ip: *ip, state: *slot, wanted }),
-                None => return Err(DomainError::AddressNotOnEni { ip: *ip, eni: e.eni_ref }),
+                Some(slot) => {
+                    return Err(DomainError::AddressState {
+                        ip: *ip,
+                        state: *slot,
+                        wanted,
+                    });
+                }
+                None => {
+                    return Err(DomainError::AddressNotOnEni {
+                        ip: *ip,
+                        eni: e.eni_ref,
+                    });
+                }
             }
         }
         Ok(ips)
@@ -796,7 +1042,9 @@ impl<'a> Decider<'a> {
         self.state
             .subnet_configs
             .get(&node.spec.subnet_config)
-            .ok_or_else(|| DomainError::SubnetConfigNotFound { name: node.spec.subnet_config.clone() })
+            .ok_or_else(|| DomainError::SubnetConfigNotFound {
+                name: node.spec.subnet_config.clone(),
+            })
     }
 
     fn peek(&self, subnet_id: &str, n: usize) -> Result<Vec<Ipv4Addr>> {
@@ -804,7 +1052,9 @@ impl<'a> Decider<'a> {
             .state
             .subnets
             .get(subnet_id)
-            .ok_or_else(|| DomainError::SubnetNotFound { subnet_id: subnet_id.to_owned() })?;
+            .ok_or_else(|| DomainError::SubnetNotFound {
+                subnet_id: subnet_id.to_owned(),
+            })?;
         subnet.alloc.peek(n).ok_or_else(|| DomainError::SubnetExhausted {
             subnet_id: subnet_id.to_owned(),
             wanted: n,

@@ -106,7 +106,9 @@ pub enum DomainError {
     #[error("invalid instance limits: {0}")]
     Limits(#[from] LimitsError),
     /// A pool outside the ranges AWS accepts for VPC CIDR blocks.
-    #[error("pool {cidr} is not inside an AWS VPC range (10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, 100.64.0.0/10, 198.19.0.0/16)")]
+    #[error(
+        "pool {cidr} is not inside an AWS VPC range (10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, 100.64.0.0/10, 198.19.0.0/16)"
+    )]
     PoolOutsideVpcRanges {
         /// The pool.
         cidr: Ipv4Cidr,
@@ -220,6 +222,12 @@ pub enum DomainError {
     /// No such node.
     #[error("node {node} is not registered")]
     NodeNotFound {
+        /// The node.
+        node: String,
+    },
+    /// Removal of a node that still heartbeats, without `force`.
+    #[error("node {node} is active (its agent heartbeats); remove it with force, or wait for it to expire")]
+    NodeActive {
         /// The node.
         node: String,
     },
@@ -402,25 +410,55 @@ impl DomainError {
     pub fn code(&self) -> ErrorCode {
         use DomainError::*;
         match self {
-            InvalidCidr { .. } | InvalidRequestId { .. } | InvalidName { .. } | InvalidAwsId { .. }
-            | InvalidAz { .. } | InvalidMac { .. } | SecurityGroupCount { .. } | InvalidOwner { .. }
-            | InvalidSettings { .. } | Limits(_) | PoolOutsideVpcRanges { .. } | SubnetPrefix { .. }
-            | SubnetOutsidePools { .. } | NoAddresses { .. } | UnknownInstanceType { .. } => {
-                ErrorCode::InvalidArgument
-            }
+            InvalidCidr { .. }
+            | InvalidRequestId { .. }
+            | InvalidName { .. }
+            | InvalidAwsId { .. }
+            | InvalidAz { .. }
+            | InvalidMac { .. }
+            | SecurityGroupCount { .. }
+            | InvalidOwner { .. }
+            | InvalidSettings { .. }
+            | Limits(_)
+            | PoolOutsideVpcRanges { .. }
+            | SubnetPrefix { .. }
+            | SubnetOutsidePools { .. }
+            | NoAddresses { .. }
+            | UnknownInstanceType { .. } => ErrorCode::InvalidArgument,
             Policy(PolicyError::TooManySecurityGroups { .. }) => ErrorCode::FailedPrecondition,
             Policy(_) => ErrorCode::InvalidArgument,
-            SubnetNotFound { .. } | SubnetConfigNotFound { .. } | SgPolicyNotFound { .. } | NodeNotFound { .. }
-            | EniNotFound { .. } | AttachmentNotFound { .. } => ErrorCode::NotFound,
+            SubnetNotFound { .. }
+            | SubnetConfigNotFound { .. }
+            | SgPolicyNotFound { .. }
+            | NodeNotFound { .. }
+            | EniNotFound { .. }
+            | AttachmentNotFound { .. } => ErrorCode::NotFound,
             PoolOverlaps { .. } | SubnetConflict { .. } | SubnetOverlaps { .. } | AttachmentInUse { .. } => {
                 ErrorCode::AlreadyExists
             }
-            SubnetExhausted { .. } | EniLimit { .. } | IpsPerEniLimit { .. } | BranchLimit { .. }
-            | NoWarmAddress { .. } | NoWarmBranch { .. } | NotEnoughWarm { .. } => ErrorCode::ResourceExhausted,
-            SubnetConfigInUse { .. } | AzMismatch { .. } | NotQuarantined { .. } | TrunkingUnsupported { .. }
-            | StaleEpoch { .. } | NodeExpired { .. } | EniState { .. } | NotSecondary { .. } | EniBusy { .. }
-            | AddressNotOnEni { .. } | AddressState { .. } | PodEniDisabled { .. } | TrunkExists { .. }
-            | NoTrunk { .. } | StaleLease { .. } => ErrorCode::FailedPrecondition,
+            SubnetExhausted { .. }
+            | EniLimit { .. }
+            | IpsPerEniLimit { .. }
+            | BranchLimit { .. }
+            | NoWarmAddress { .. }
+            | NoWarmBranch { .. }
+            | NotEnoughWarm { .. } => ErrorCode::ResourceExhausted,
+            SubnetConfigInUse { .. }
+            | AzMismatch { .. }
+            | NotQuarantined { .. }
+            | TrunkingUnsupported { .. }
+            | StaleEpoch { .. }
+            | NodeActive { .. }
+            | NodeExpired { .. }
+            | EniState { .. }
+            | NotSecondary { .. }
+            | EniBusy { .. }
+            | AddressNotOnEni { .. }
+            | AddressState { .. }
+            | PodEniDisabled { .. }
+            | TrunkExists { .. }
+            | NoTrunk { .. }
+            | StaleLease { .. } => ErrorCode::FailedPrecondition,
         }
     }
 }

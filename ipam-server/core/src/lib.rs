@@ -13,6 +13,7 @@ pub mod allocator;
 pub mod cidr;
 pub mod command;
 pub mod decide;
+pub mod detmap;
 pub mod error;
 pub mod event;
 pub mod ids;

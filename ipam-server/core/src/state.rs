@@ -9,7 +9,8 @@
 //!          │                   ├─ leases (by lease id) + attachments (container id, ifname)
 //!          │                   ├─ warm addresses, oldest first; warm branch ENIs by SG set
 //!          │                   └─ recent request ids → first reply (retries)
-//!          └─ cooling ── (until, where) for every address in its cooldown
+//!          ├─ cooling ── (until, where) for every address in its cooldown
+//!          └─ deadlines ─ (deadline, node) for every active node
 //! ```
 
 use std::collections::BTreeMap;
@@ -26,6 +27,7 @@ use crate::command::NodeSpec;
 use crate::command::Owner;
 use crate::command::SubnetConfigSpec;
 use crate::decide::Reply;
+use crate::detmap::DetMap;
 use crate::event::Event;
 use crate::event::EventKind;
 use crate::ids::EniRef;
@@ -42,6 +44,9 @@ use crate::policy::SgPolicy;
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     /// A node whose agent has not heartbeated for this long is expired (default 30 s).
+    /// Heartbeats are coalesced: one is recorded only once half the TTL is used, so a heartbeat
+    /// at time t keeps the node alive until at least t + TTL/2. Agents heartbeat every TTL/3 or
+    /// more often.
     pub heartbeat_ttl_ms: u64,
     /// A released shared-ENI address is not bound again before this (`IP_COOLDOWN_PERIOD`,
     /// default 30 s).
@@ -197,9 +202,9 @@ pub struct Node {
     /// Its ENIs (not the primary ENI, which carries no pods).
     pub enis: BTreeMap<EniRef, Eni>,
     /// Live bindings.
-    pub leases: BTreeMap<LeaseId, Lease>,
+    pub leases: DetMap<LeaseId, Lease>,
     /// (container id, ifname) → lease, for DEL without a lease id and for GC.
-    pub attachments: BTreeMap<(String, String), LeaseId>,
+    pub attachments: DetMap<(String, String), LeaseId>,
     /// Warm shared addresses, oldest first: (since, ip, eni).
     pub warm: BTreeSet<(LogIndex, Ipv4Addr, EniRef)>,
     /// Warm branch ENIs by their (sorted) security groups, oldest first.
@@ -221,7 +226,10 @@ impl Node {
 
     /// Branch ENIs in any state.
     pub fn branch_count(&self) -> usize {
-        self.enis.values().filter(|e| matches!(e.kind, EniKind::Branch { .. })).count()
+        self.enis
+            .values()
+            .filter(|e| matches!(e.kind, EniKind::Branch { .. }))
+            .count()
     }
 }
 
@@ -297,9 +305,12 @@ pub struct State {
     /// SecurityGroupPolicies by (namespace, name).
     pub sg_policies: BTreeMap<(String, String), SgPolicy>,
     /// Nodes by name.
-    pub nodes: BTreeMap<String, Node>,
+    pub nodes: DetMap<String, Node>,
     /// Every address in its cooldown, soonest first.
     pub cooling: BTreeSet<(Timestamp, CoolingTarget)>,
+    /// Active nodes by heartbeat deadline, soonest first, so a tick finds the expired ones
+    /// without looking at the others.
+    pub deadlines: BTreeSet<(Timestamp, String)>,
     /// Log index of the last applied event.
     pub last_index: LogIndex,
 }
@@ -330,7 +341,8 @@ impl State {
                 self.subnet_configs.remove(name);
             }
             EventKind::SgPolicyUpserted(policy) => {
-                self.sg_policies.insert((policy.namespace.clone(), policy.name.clone()), policy.clone());
+                self.sg_policies
+                    .insert((policy.namespace.clone(), policy.name.clone()), policy.clone());
             }
             EventKind::SgPolicyDeleted { namespace, name } => {
                 self.sg_policies.remove(&(namespace.clone(), name.clone()));
@@ -344,30 +356,38 @@ impl State {
                     status: NodeStatus::Active,
                     deadline: *deadline,
                     enis: BTreeMap::new(),
-                    leases: BTreeMap::new(),
-                    attachments: BTreeMap::new(),
+                    leases: DetMap::new(),
+                    attachments: DetMap::new(),
                     warm: BTreeSet::new(),
                     warm_branches: BTreeMap::new(),
                     recent: RecentRequests::default(),
                 });
+                self.deadlines.remove(&(node.deadline, spec.name.clone()));
                 node.spec = spec.clone();
                 node.limits = *limits;
                 node.epoch = event.index;
                 node.status = NodeStatus::Active;
                 node.deadline = *deadline;
+                self.deadlines.insert((*deadline, spec.name.clone()));
             }
             EventKind::NodeHeartbeat { node, deadline } => {
                 if let Some(n) = self.nodes.get_mut(node) {
+                    if n.status == NodeStatus::Active {
+                        self.deadlines.remove(&(n.deadline, node.clone()));
+                        self.deadlines.insert((*deadline, node.clone()));
+                    }
                     n.deadline = *deadline;
                 }
             }
             EventKind::NodeExpired { node } => {
                 if let Some(n) = self.nodes.get_mut(node) {
                     n.status = NodeStatus::Expired;
+                    self.deadlines.remove(&(n.deadline, node.clone()));
                 }
             }
             EventKind::NodeRemoved { node } => {
                 if let Some(n) = self.nodes.remove(node) {
+                    self.deadlines.remove(&(n.deadline, node.clone()));
                     for eni in n.enis.into_values() {
                         self.retire_eni(eni);
                     }
@@ -422,8 +442,12 @@ impl State {
                 e.eni_id = Some(eni_id.clone());
                 e.mac = Some(mac.clone());
                 e.state = EniState::Attached;
-                let pending: Vec<Ipv4Addr> =
-                    e.slots.iter().filter(|(_, s)| **s == Slot::Pending).map(|(ip, _)| *ip).collect();
+                let pending: Vec<Ipv4Addr> = e
+                    .slots
+                    .iter()
+                    .filter(|(_, s)| **s == Slot::Pending)
+                    .map(|(ip, _)| *ip)
+                    .collect();
                 for ip in pending {
                     make_warm(n, *eni, ip, event.index);
                 }
@@ -437,8 +461,12 @@ impl State {
                 let Some(n) = self.nodes.get_mut(node) else { return };
                 let Some(e) = n.enis.get_mut(eni) else { return };
                 e.state = EniState::Detaching;
-                let warm: Vec<Ipv4Addr> =
-                    e.slots.iter().filter(|(_, s)| matches!(s, Slot::Warm { .. })).map(|(ip, _)| *ip).collect();
+                let warm: Vec<Ipv4Addr> = e
+                    .slots
+                    .iter()
+                    .filter(|(_, s)| matches!(s, Slot::Warm { .. }))
+                    .map(|(ip, _)| *ip)
+                    .collect();
                 for ip in warm {
                     set_slot(n, *eni, ip, Slot::Draining);
                 }
@@ -446,7 +474,12 @@ impl State {
                     n.recent.record(id.clone(), reply, cap);
                 }
             }
-            EventKind::IpsPlanned { node, eni, ips, request_id } => {
+            EventKind::IpsPlanned {
+                node,
+                eni,
+                ips,
+                request_id,
+            } => {
                 let Some(n) = self.nodes.get_mut(node) else { return };
                 let Some(e) = n.enis.get_mut(eni) else { return };
                 if let Some(subnet) = self.subnets.get_mut(&e.subnet_id) {
@@ -467,7 +500,12 @@ impl State {
                     make_warm(n, *eni, *ip, event.index);
                 }
             }
-            EventKind::IpsDraining { node, eni, ips, request_id } => {
+            EventKind::IpsDraining {
+                node,
+                eni,
+                ips,
+                request_id,
+            } => {
                 let Some(n) = self.nodes.get_mut(node) else { return };
                 for ip in ips {
                     set_slot(n, *eni, *ip, Slot::Draining);
@@ -488,7 +526,13 @@ impl State {
                     }
                 }
             }
-            EventKind::IpQuarantined { subnet_id, ip, node, eni, .. } => {
+            EventKind::IpQuarantined {
+                subnet_id,
+                ip,
+                node,
+                eni,
+                ..
+            } => {
                 if let Some(e) = self.nodes.get_mut(node).and_then(|n| n.enis.get_mut(eni)) {
                     e.slots.remove(ip);
                 }
@@ -502,16 +546,26 @@ impl State {
                 }
             }
             EventKind::IpBound { lease, request_id } => {
-                let Some(n) = self.nodes.get_mut(&lease.node) else { return };
+                let Some(n) = self.nodes.get_mut(&lease.node) else {
+                    return;
+                };
                 set_slot(n, lease.eni, lease.ip, Slot::Bound { lease: lease.id });
-                n.attachments.insert((lease.owner.container_id.clone(), lease.owner.ifname.clone()), lease.id);
+                n.attachments
+                    .insert((lease.owner.container_id.clone(), lease.owner.ifname.clone()), lease.id);
                 n.leases.insert(lease.id, lease.clone());
                 if let (Some(id), Some(reply)) = (request_id, Reply::of_event(&event.kind)) {
                     n.recent.record(id.clone(), reply, cap);
                 }
             }
-            EventKind::IpReleased { lease, cooling_until, request_id, .. } => {
-                let Some(n) = self.nodes.get_mut(&lease.node) else { return };
+            EventKind::IpReleased {
+                lease,
+                cooling_until,
+                request_id,
+                ..
+            } => {
+                let Some(n) = self.nodes.get_mut(&lease.node) else {
+                    return;
+                };
                 n.leases.remove(&lease.id);
                 let key = (lease.owner.container_id.clone(), lease.owner.ifname.clone());
                 if n.attachments.get(&key) == Some(&lease.id) {
@@ -520,7 +574,11 @@ impl State {
                 set_slot(n, lease.eni, lease.ip, Slot::Cooling { until: *cooling_until });
                 self.cooling.insert((
                     *cooling_until,
-                    CoolingTarget::Slot { node: lease.node.clone(), eni: lease.eni, ip: lease.ip },
+                    CoolingTarget::Slot {
+                        node: lease.node.clone(),
+                        eni: lease.eni,
+                        ip: lease.ip,
+                    },
                 ));
                 if let (Some(id), Some(reply)) = (request_id, Reply::of_event(&event.kind)) {
                     n.recent.record(id.clone(), reply, cap);
@@ -533,7 +591,11 @@ impl State {
                         let Some(n) = self.nodes.get_mut(node) else { return };
                         // An ENI on its way out takes no new pods: its cooled addresses drain.
                         let detaching = n.enis.get(eni).is_some_and(|e| e.state == EniState::Detaching);
-                        let slot = if detaching { Slot::Draining } else { Slot::Warm { since: event.index } };
+                        let slot = if detaching {
+                            Slot::Draining
+                        } else {
+                            Slot::Warm { since: event.index }
+                        };
                         set_slot(n, *eni, *ip, slot);
                     }
                     CoolingTarget::Subnet { subnet_id, ip } => {
@@ -548,14 +610,26 @@ impl State {
 
     /// An ENI left its node: its addresses go back to the subnet, cooling ones after the cooldown.
     fn retire_eni(&mut self, eni: Eni) {
-        let Some(subnet) = self.subnets.get_mut(&eni.subnet_id) else { return };
+        let Some(subnet) = self.subnets.get_mut(&eni.subnet_id) else {
+            return;
+        };
         let mut addresses: BTreeMap<Ipv4Addr, Slot> = eni.slots;
         addresses.entry(eni.primary_ip).or_insert(Slot::Pending);
         for (ip, slot) in addresses {
             if let Slot::Cooling { until } = slot {
-                let from = CoolingTarget::Slot { node: eni.node.clone(), eni: eni.eni_ref, ip };
+                let from = CoolingTarget::Slot {
+                    node: eni.node.clone(),
+                    eni: eni.eni_ref,
+                    ip,
+                };
                 self.cooling.remove(&(until, from));
-                self.cooling.insert((until, CoolingTarget::Subnet { subnet_id: eni.subnet_id.clone(), ip }));
+                self.cooling.insert((
+                    until,
+                    CoolingTarget::Subnet {
+                        subnet_id: eni.subnet_id.clone(),
+                        ip,
+                    },
+                ));
             } else {
                 subnet.alloc.release(ip);
             }
@@ -585,7 +659,10 @@ fn set_slot(node: &mut Node, eni_ref: EniRef, ip: Ipv4Addr, slot: Slot) {
     if let Slot::Warm { since } = slot {
         match eni.kind {
             EniKind::Branch { .. } => {
-                node.warm_branches.entry(eni.security_groups.clone()).or_default().insert((since, eni_ref));
+                node.warm_branches
+                    .entry(eni.security_groups.clone())
+                    .or_default()
+                    .insert((since, eni_ref));
             }
             _ => {
                 node.warm.insert((since, ip, eni_ref));

@@ -43,14 +43,25 @@ pub struct Harness {
 impl Harness {
     /// A harness on a fresh state at time 1,000,000 ms.
     pub fn new() -> Self {
-        Self { state: State::default(), events: Vec::new(), index: 0, now: 1_000_000 }
+        Self {
+            state: State::default(),
+            events: Vec::new(),
+            index: 0,
+            now: 1_000_000,
+        }
     }
 
     /// Runs one command as `actor`; returns the reply, or the refusal (which changed nothing).
     pub fn exec(&mut self, actor: Actor, request_id: Option<&str>, body: CommandBody) -> Result<Reply> {
         self.index += 1;
         let request_id = request_id.map(RequestId::new).transpose()?;
-        let cmd = Command { index: self.index, at: self.now, actor, request_id, body };
+        let cmd = Command {
+            index: self.index,
+            at: self.now,
+            actor,
+            request_id,
+            body,
+        };
         let decision = decide(&self.state, &cmd)?;
         for event in &decision.events {
             self.state.apply(event);
@@ -71,7 +82,10 @@ impl Harness {
 
     /// The current agent reference of a registered node.
     pub fn agent_ref(&self, node: &str) -> AgentRef {
-        AgentRef { node: node.to_owned(), epoch: self.state.nodes.get(node).map_or(0, |n| n.epoch) }
+        AgentRef {
+            node: node.to_owned(),
+            epoch: self.state.nodes.get(node).map_or(0, |n| n.epoch),
+        }
     }
 
     /// The state a replay of every event from scratch gives.
@@ -96,7 +110,13 @@ pub fn subnet_config(name: &str, subnet_id: &str, cidr: &str, az: &str) -> Subne
 }
 
 /// A node registration with explicit limits (so tests do not depend on the table).
-pub fn node_spec(name: &str, instance_id: &str, az: &str, config: &str, limits: crate::limits::InstanceLimits) -> NodeSpec {
+pub fn node_spec(
+    name: &str,
+    instance_id: &str,
+    az: &str,
+    config: &str,
+    limits: crate::limits::InstanceLimits,
+) -> NodeSpec {
     NodeSpec {
         name: name.to_owned(),
         instance_id: instance_id.to_owned(),
@@ -161,7 +181,11 @@ pub fn check_invariants(state: &State) -> std::result::Result<(), String> {
     for subnet in state.subnets.values() {
         let held = holder.keys().filter(|ip| subnet.alloc.cidr().contains(**ip)).count() as u64;
         if held != subnet.alloc.in_use() {
-            return Err(format!("subnet {}: allocator counts {} in use, holders say {held}", subnet.id, subnet.alloc.in_use()));
+            return Err(format!(
+                "subnet {}: allocator counts {} in use, holders say {held}",
+                subnet.id,
+                subnet.alloc.in_use()
+            ));
         }
     }
     for (ip, what) in &holder {
@@ -176,10 +200,16 @@ pub fn check_invariants(state: &State) -> std::result::Result<(), String> {
         let name = &node.spec.name;
         let limits = node.limits;
         if node.attached_interfaces() > usize::from(limits.max_enis) {
-            return Err(format!("{name}: {} interfaces > max {}", node.attached_interfaces(), limits.max_enis));
+            return Err(format!(
+                "{name}: {} interfaces > max {}",
+                node.attached_interfaces(),
+                limits.max_enis
+            ));
         }
         let devices: Vec<u8> = node.enis.values().filter_map(|e| e.device_index).collect();
-        if devices.iter().collect::<BTreeSet<_>>().len() != devices.len() || devices.iter().any(|d| *d == 0 || *d >= limits.max_enis) {
+        if devices.iter().collect::<BTreeSet<_>>().len() != devices.len()
+            || devices.iter().any(|d| *d == 0 || *d >= limits.max_enis)
+        {
             return Err(format!("{name}: bad device indexes {devices:?}"));
         }
         let cap = limits.branch_enis.min(MAX_BRANCH_ENIS);
@@ -191,7 +221,10 @@ pub fn check_invariants(state: &State) -> std::result::Result<(), String> {
                 _ => None,
             })
             .collect();
-        if vlans.len() > usize::from(cap) || vlans.iter().collect::<BTreeSet<_>>().len() != vlans.len() || vlans.iter().any(|v| *v == 0 || *v > cap) {
+        if vlans.len() > usize::from(cap)
+            || vlans.iter().collect::<BTreeSet<_>>().len() != vlans.len()
+            || vlans.iter().any(|v| *v == 0 || *v > cap)
+        {
             return Err(format!("{name}: bad branch VLANs {vlans:?} (cap {cap})"));
         }
         if node.enis.values().filter(|e| e.kind == EniKind::Trunk).count() > 1 {
@@ -206,12 +239,20 @@ pub fn check_invariants(state: &State) -> std::result::Result<(), String> {
         for eni in node.enis.values() {
             match eni.kind {
                 EniKind::Secondary if eni.slots.len() > usize::from(limits.pod_ips_per_eni()) => {
-                    return Err(format!("{name}: ENI {} has {} pod addresses > {}", eni.eni_ref, eni.slots.len(), limits.pod_ips_per_eni()));
+                    return Err(format!(
+                        "{name}: ENI {} has {} pod addresses > {}",
+                        eni.eni_ref,
+                        eni.slots.len(),
+                        limits.pod_ips_per_eni()
+                    ));
                 }
                 EniKind::Trunk if !eni.slots.is_empty() => return Err(format!("{name}: the trunk has pod addresses")),
                 EniKind::Branch { trunk, .. } => {
                     if eni.slots.len() != 1 || !eni.slots.contains_key(&eni.primary_ip) {
-                        return Err(format!("{name}: branch ENI {} must have exactly its own address", eni.eni_ref));
+                        return Err(format!(
+                            "{name}: branch ENI {} must have exactly its own address",
+                            eni.eni_ref
+                        ));
                     }
                     if node.enis.get(&trunk).map(|t| t.kind) != Some(EniKind::Trunk) {
                         return Err(format!("{name}: branch ENI {} names no trunk", eni.eni_ref));
@@ -222,7 +263,10 @@ pub fn check_invariants(state: &State) -> std::result::Result<(), String> {
             for (ip, slot) in &eni.slots {
                 match slot {
                     Slot::Warm { since } if matches!(eni.kind, EniKind::Branch { .. }) => {
-                        warm_branches.entry(eni.security_groups.clone()).or_default().insert((*since, eni.eni_ref));
+                        warm_branches
+                            .entry(eni.security_groups.clone())
+                            .or_default()
+                            .insert((*since, eni.eni_ref));
                     }
                     Slot::Warm { since } => {
                         warm.insert((*since, *ip, eni.eni_ref));
@@ -231,7 +275,14 @@ pub fn check_invariants(state: &State) -> std::result::Result<(), String> {
                         bound.insert(*lease, (eni.eni_ref, *ip));
                     }
                     Slot::Cooling { until } => {
-                        cooling_slots.insert((*until, CoolingTarget::Slot { node: name.clone(), eni: eni.eni_ref, ip: *ip }));
+                        cooling_slots.insert((
+                            *until,
+                            CoolingTarget::Slot {
+                                node: name.clone(),
+                                eni: eni.eni_ref,
+                                ip: *ip,
+                            },
+                        ));
                     }
                     Slot::Pending | Slot::Draining => {}
                 }
@@ -247,7 +298,7 @@ pub fn check_invariants(state: &State) -> std::result::Result<(), String> {
         if leases != bound {
             return Err(format!("{name}: leases {leases:?} disagree with bound slots {bound:?}"));
         }
-        let attachments: BTreeMap<(String, String), u64> = node
+        let attachments: crate::detmap::DetMap<(String, String), u64> = node
             .leases
             .values()
             .map(|l| ((l.owner.container_id.clone(), l.owner.ifname.clone()), l.id))
@@ -256,8 +307,21 @@ pub fn check_invariants(state: &State) -> std::result::Result<(), String> {
             return Err(format!("{name}: attachment index disagrees with the leases"));
         }
     }
-    let slot_entries: BTreeSet<_> =
-        state.cooling.iter().filter(|(_, t)| matches!(t, CoolingTarget::Slot { .. })).cloned().collect();
+    let deadlines: BTreeSet<(u64, String)> = state
+        .nodes
+        .values()
+        .filter(|n| n.status == NodeStatus::Active)
+        .map(|n| (n.deadline, n.spec.name.clone()))
+        .collect();
+    if deadlines != state.deadlines {
+        return Err("the deadline index disagrees with the active nodes".to_owned());
+    }
+    let slot_entries: BTreeSet<_> = state
+        .cooling
+        .iter()
+        .filter(|(_, t)| matches!(t, CoolingTarget::Slot { .. }))
+        .cloned()
+        .collect();
     if slot_entries != cooling_slots {
         return Err("the cooling queue disagrees with the cooling slots".to_owned());
     }

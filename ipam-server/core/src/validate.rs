@@ -11,10 +11,18 @@ use crate::state::Settings;
 
 /// A Kubernetes object name (RFC 1123 subdomain), e.g. a node or an ENIConfig.
 pub fn object_name(what: &'static str, value: &str) -> Result<()> {
-    let why = if value.is_empty() { Some("is empty") } else { policy::dns1123_subdomain_problem(value) };
+    let why = if value.is_empty() {
+        Some("is empty")
+    } else {
+        policy::dns1123_subdomain_problem(value)
+    };
     match why {
         None => Ok(()),
-        Some(why) => Err(DomainError::InvalidName { what, value: value.to_owned(), why: why.to_owned() }),
+        Some(why) => Err(DomainError::InvalidName {
+            what,
+            value: value.to_owned(),
+            why: why.to_owned(),
+        }),
     }
 }
 
@@ -24,20 +32,42 @@ pub fn aws_id(kind: &'static str, id: &str) -> Result<()> {
         .strip_prefix(kind)
         .and_then(|rest| rest.strip_prefix('-'))
         .is_some_and(|hex| matches!(hex.len(), 8 | 17) && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')));
-    if ok { Ok(()) } else { Err(DomainError::InvalidAwsId { kind, id: id.to_owned() }) }
+    if ok {
+        Ok(())
+    } else {
+        Err(DomainError::InvalidAwsId {
+            kind,
+            id: id.to_owned(),
+        })
+    }
 }
 
 /// An availability zone name such as `us-west-2a`.
 pub fn az(az: &str) -> Result<()> {
-    let ok = !az.is_empty() && az.len() <= 32 && az.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if ok { Ok(()) } else { Err(DomainError::InvalidAz { az: az.to_owned() }) }
+    let ok = !az.is_empty()
+        && az.len() <= 32
+        && az
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(DomainError::InvalidAz { az: az.to_owned() })
+    }
 }
 
 /// A MAC address `xx:xx:xx:xx:xx:xx`; returned in lower case, as EC2 and the kernel print it.
 pub fn mac(mac: &str) -> Result<String> {
     let parts: Vec<&str> = mac.split(':').collect();
-    let ok = parts.len() == 6 && parts.iter().all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()));
-    if ok { Ok(mac.to_ascii_lowercase()) } else { Err(DomainError::InvalidMac { mac: mac.to_owned() }) }
+    let ok = parts.len() == 6
+        && parts
+            .iter()
+            .all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()));
+    if ok {
+        Ok(mac.to_ascii_lowercase())
+    } else {
+        Err(DomainError::InvalidMac { mac: mac.to_owned() })
+    }
 }
 
 /// Security group ids: well formed, and between `min` and 5 of them.
@@ -47,7 +77,11 @@ pub fn security_groups(groups: &[String], min: usize) -> Result<()> {
     }
     let count = crate::decide::normalize_groups(groups).len();
     if count < min || count > MAX_SECURITY_GROUPS {
-        return Err(DomainError::SecurityGroupCount { count, min, max: MAX_SECURITY_GROUPS });
+        return Err(DomainError::SecurityGroupCount {
+            count,
+            min,
+            max: MAX_SECURITY_GROUPS,
+        });
     }
     Ok(())
 }
@@ -81,7 +115,9 @@ pub fn settings(s: &Settings) -> Result<()> {
     }
     let prefix_ok = !s.token_prefix.is_empty()
         && s.token_prefix.len() <= 32
-        && s.token_prefix.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        && s.token_prefix
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
     if !prefix_ok {
         return bad("token_prefix must be 1 to 32 characters of [a-z0-9-]");
     }
@@ -99,8 +135,17 @@ mod tests {
     fn aws_ids() {
         assert!(aws_id("eni", "eni-0123456789abcdef0").is_ok());
         assert!(aws_id("i", "i-1234abcd").is_ok());
-        for bad in ["eni-0123", "eni-0123456789ABCDEF0", "i-0123456789abcdef0", "eni0123456789abcdef0", ""] {
-            assert!(matches!(aws_id("eni", bad), Err(DomainError::InvalidAwsId { .. })), "{bad}");
+        for bad in [
+            "eni-0123",
+            "eni-0123456789ABCDEF0",
+            "i-0123456789abcdef0",
+            "eni0123456789abcdef0",
+            "",
+        ] {
+            assert!(
+                matches!(aws_id("eni", bad), Err(DomainError::InvalidAwsId { .. })),
+                "{bad}"
+            );
         }
     }
 
@@ -118,7 +163,10 @@ mod tests {
         assert!(object_name("node name", "Node_1").is_err());
         assert!(object_name("node name", "").is_err());
         assert!(settings(&Settings::default()).is_ok());
-        let short = Settings { branch_cooldown_ms: 10_000, ..Settings::default() };
+        let short = Settings {
+            branch_cooldown_ms: 10_000,
+            ..Settings::default()
+        };
         assert!(matches!(settings(&short), Err(DomainError::InvalidSettings { .. })));
     }
 
@@ -128,7 +176,10 @@ mod tests {
         assert!(security_groups(&g(0), 0).is_ok());
         assert!(security_groups(&g(0), 1).is_err());
         assert!(security_groups(&g(5), 1).is_ok());
-        assert!(matches!(security_groups(&g(6), 1), Err(DomainError::SecurityGroupCount { count: 6, .. })));
+        assert!(matches!(
+            security_groups(&g(6), 1),
+            Err(DomainError::SecurityGroupCount { count: 6, .. })
+        ));
         assert!(security_groups(&["sg-xyz".to_owned()], 0).is_err());
     }
 }
