@@ -851,14 +851,7 @@ impl<'a> Decider<'a> {
                 max,
             });
         }
-        let used: BTreeSet<u16> = node
-            .enis
-            .values()
-            .filter_map(|e| match e.kind {
-                EniKind::Branch { vlan, .. } => Some(vlan),
-                _ => None,
-            })
-            .collect();
+        let used: BTreeSet<u16> = node.vlans().collect();
         let vlan = (1..=max)
             .find(|v| !used.contains(v))
             .ok_or_else(|| DomainError::BranchLimit {

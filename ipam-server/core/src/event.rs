@@ -254,6 +254,20 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    /// The node and request id of an event that answers a deduplicated agent command.
+    pub fn request(&self) -> Option<(&str, &RequestId)> {
+        match self {
+            Self::EniPlanned { node, request_id, .. }
+            | Self::EniDetaching { node, request_id, .. }
+            | Self::IpsPlanned { node, request_id, .. }
+            | Self::IpsDraining { node, request_id, .. } => Some((node.as_str(), request_id.as_ref()?)),
+            Self::IpBound { lease, request_id } | Self::IpReleased { lease, request_id, .. } => {
+                Some((lease.node.as_str(), request_id.as_ref()?))
+            }
+            _ => None,
+        }
+    }
+
     /// The event's name, as the ledger and the audit API spell it.
     pub fn name(&self) -> &'static str {
         match self {

@@ -224,12 +224,17 @@ impl Node {
         self.enis.values().find(|e| e.kind == EniKind::Trunk)
     }
 
+    /// VLAN ids of its branch ENIs, in any state.
+    pub fn vlans(&self) -> impl Iterator<Item = u16> + '_ {
+        self.enis.values().filter_map(|e| match e.kind {
+            EniKind::Branch { vlan, .. } => Some(vlan),
+            _ => None,
+        })
+    }
+
     /// Branch ENIs in any state.
     pub fn branch_count(&self) -> usize {
-        self.enis
-            .values()
-            .filter(|e| matches!(e.kind, EniKind::Branch { .. }))
-            .count()
+        self.vlans().count()
     }
 }
 
@@ -324,7 +329,13 @@ impl State {
     /// Folds one event in. Never fails: `decide` checked everything before the event existed.
     pub fn apply(&mut self, event: &Event) {
         self.last_index = self.last_index.max(event.index);
-        let cap = usize::from(self.settings.recent_requests_per_node);
+        if let Some((node, id)) = event.kind.request()
+            && let Some(reply) = Reply::of_event(&event.kind)
+            && let Some(n) = self.nodes.get_mut(node)
+        {
+            n.recent
+                .record(id.clone(), reply, usize::from(self.settings.recent_requests_per_node));
+        }
         match &event.kind {
             EventKind::PoolCreated { cidr } => {
                 self.pools.insert(*cidr);
@@ -403,7 +414,7 @@ impl State {
                 primary_ip,
                 ips,
                 token,
-                request_id,
+                ..
             } => {
                 if let Some(subnet) = self.subnets.get_mut(subnet_id) {
                     for ip in std::iter::once(primary_ip).chain(ips) {
@@ -432,9 +443,6 @@ impl State {
                         slots,
                     },
                 );
-                if let (Some(id), Some(reply)) = (request_id, Reply::of_event(&event.kind)) {
-                    n.recent.record(id.clone(), reply, cap);
-                }
             }
             EventKind::EniAttached { node, eni, eni_id, mac } => {
                 let Some(n) = self.nodes.get_mut(node) else { return };
@@ -457,7 +465,7 @@ impl State {
                     self.retire_eni(e);
                 }
             }
-            EventKind::EniDetaching { node, eni, request_id } => {
+            EventKind::EniDetaching { node, eni, .. } => {
                 let Some(n) = self.nodes.get_mut(node) else { return };
                 let Some(e) = n.enis.get_mut(eni) else { return };
                 e.state = EniState::Detaching;
@@ -470,16 +478,8 @@ impl State {
                 for ip in warm {
                     set_slot(n, *eni, ip, Slot::Draining);
                 }
-                if let (Some(id), Some(reply)) = (request_id, Reply::of_event(&event.kind)) {
-                    n.recent.record(id.clone(), reply, cap);
-                }
             }
-            EventKind::IpsPlanned {
-                node,
-                eni,
-                ips,
-                request_id,
-            } => {
+            EventKind::IpsPlanned { node, eni, ips, .. } => {
                 let Some(n) = self.nodes.get_mut(node) else { return };
                 let Some(e) = n.enis.get_mut(eni) else { return };
                 if let Some(subnet) = self.subnets.get_mut(&e.subnet_id) {
@@ -490,9 +490,6 @@ impl State {
                 for ip in ips {
                     e.slots.insert(*ip, Slot::Pending);
                 }
-                if let (Some(id), Some(reply)) = (request_id, Reply::of_event(&event.kind)) {
-                    n.recent.record(id.clone(), reply, cap);
-                }
             }
             EventKind::IpsAssigned { node, eni, ips } => {
                 let Some(n) = self.nodes.get_mut(node) else { return };
@@ -500,18 +497,10 @@ impl State {
                     make_warm(n, *eni, *ip, event.index);
                 }
             }
-            EventKind::IpsDraining {
-                node,
-                eni,
-                ips,
-                request_id,
-            } => {
+            EventKind::IpsDraining { node, eni, ips, .. } => {
                 let Some(n) = self.nodes.get_mut(node) else { return };
                 for ip in ips {
                     set_slot(n, *eni, *ip, Slot::Draining);
-                }
-                if let (Some(id), Some(reply)) = (request_id, Reply::of_event(&event.kind)) {
-                    n.recent.record(id.clone(), reply, cap);
                 }
             }
             EventKind::IpsReturned { node, eni, ips, .. } => {
@@ -545,7 +534,7 @@ impl State {
                     subnet.alloc.unquarantine(*ip);
                 }
             }
-            EventKind::IpBound { lease, request_id } => {
+            EventKind::IpBound { lease, .. } => {
                 let Some(n) = self.nodes.get_mut(&lease.node) else {
                     return;
                 };
@@ -553,15 +542,9 @@ impl State {
                 n.attachments
                     .insert((lease.owner.container_id.clone(), lease.owner.ifname.clone()), lease.id);
                 n.leases.insert(lease.id, lease.clone());
-                if let (Some(id), Some(reply)) = (request_id, Reply::of_event(&event.kind)) {
-                    n.recent.record(id.clone(), reply, cap);
-                }
             }
             EventKind::IpReleased {
-                lease,
-                cooling_until,
-                request_id,
-                ..
+                lease, cooling_until, ..
             } => {
                 let Some(n) = self.nodes.get_mut(&lease.node) else {
                     return;
@@ -580,9 +563,6 @@ impl State {
                         ip: lease.ip,
                     },
                 ));
-                if let (Some(id), Some(reply)) = (request_id, Reply::of_event(&event.kind)) {
-                    n.recent.record(id.clone(), reply, cap);
-                }
             }
             EventKind::IpCooled { until, target } => {
                 self.cooling.remove(&(*until, target.clone()));

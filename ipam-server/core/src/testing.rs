@@ -213,14 +213,7 @@ pub fn check_invariants(state: &State) -> std::result::Result<(), String> {
             return Err(format!("{name}: bad device indexes {devices:?}"));
         }
         let cap = limits.branch_enis.min(MAX_BRANCH_ENIS);
-        let vlans: Vec<u16> = node
-            .enis
-            .values()
-            .filter_map(|e| match e.kind {
-                EniKind::Branch { vlan, .. } => Some(vlan),
-                _ => None,
-            })
-            .collect();
+        let vlans: Vec<u16> = node.vlans().collect();
         if vlans.len() > usize::from(cap)
             || vlans.iter().collect::<BTreeSet<_>>().len() != vlans.len()
             || vlans.iter().any(|v| *v == 0 || *v > cap)
