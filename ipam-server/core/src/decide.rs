@@ -37,11 +37,13 @@ use crate::event::EventKind;
 use crate::event::ReturnReason;
 use crate::ids::EniRef;
 use crate::ids::Epoch;
+use crate::ids::RequestId;
 use crate::ids::Timestamp;
 use crate::limits;
 use crate::limits::MAX_BRANCH_ENIS;
 use crate::policy;
 use crate::policy::PodMeta;
+use crate::state::Eni;
 use crate::state::EniKind;
 use crate::state::EniState;
 use crate::state::Lease;
@@ -290,7 +292,7 @@ impl<'a> Decider<'a> {
             .ok_or_else(|| DomainError::NodeNotFound { node: name.to_owned() })
     }
 
-    fn eni(&self, node: &'a Node, eni: EniRef) -> Result<&'a crate::state::Eni> {
+    fn eni(&self, node: &'a Node, eni: EniRef) -> Result<&'a Eni> {
         node.enis.get(&eni).ok_or_else(|| DomainError::EniNotFound {
             node: node.spec.name.clone(),
             eni,
@@ -942,7 +944,7 @@ impl<'a> Decider<'a> {
         }))
     }
 
-    fn release(&mut self, lease: &Lease, reason: ReleaseReason, request_id: Option<crate::ids::RequestId>) -> Reply {
+    fn release(&mut self, lease: &Lease, reason: ReleaseReason, request_id: Option<RequestId>) -> Reply {
         let cooldown = match lease.vlan {
             Some(_) => self.settings().branch_cooldown_ms,
             None => self.settings().ip_cooldown_ms,
@@ -980,7 +982,7 @@ impl<'a> Decider<'a> {
         Reply::Ticked { expired, cooled }
     }
 
-    fn quarantine(&mut self, eni: &crate::state::Eni, ip: Ipv4Addr, error: &str) {
+    fn quarantine(&mut self, eni: &Eni, ip: Ipv4Addr, error: &str) {
         self.emit(EventKind::IpQuarantined {
             subnet_id: eni.subnet_id.clone(),
             ip,
@@ -990,7 +992,7 @@ impl<'a> Decider<'a> {
         });
     }
 
-    fn require_attached_secondary(&self, e: &crate::state::Eni) -> Result<()> {
+    fn require_attached_secondary(&self, e: &Eni) -> Result<()> {
         if e.kind != EniKind::Secondary {
             return Err(DomainError::NotSecondary { eni: e.eni_ref });
         }
@@ -1005,7 +1007,7 @@ impl<'a> Decider<'a> {
     }
 
     /// Checks that every address is on the ENI in the given state; returns them sorted, once each.
-    fn require_slots(&self, e: &crate::state::Eni, ips: &[Ipv4Addr], wanted: Slot) -> Result<Vec<Ipv4Addr>> {
+    fn require_slots(&self, e: &Eni, ips: &[Ipv4Addr], wanted: Slot) -> Result<Vec<Ipv4Addr>> {
         let ips = unique(ips);
         if ips.is_empty() {
             return Err(DomainError::NoAddresses { eni: e.eni_ref });

@@ -30,7 +30,8 @@
 //! table never guesses: [`lookup`] returns `None` for anything else, and the caller takes the numbers from EC2
 //! `DescribeInstanceTypes` at run time and checks them with [`InstanceLimits::validate`].
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
+use serde::Serialize;
 
 /// The most branch ENIs one trunk ENI can carry: one per VLAN id, ids 1..=120 (the VPC resource controller's
 /// `MaxAllocatableVlanIds` is 121 and never hands out 0).
