@@ -1,0 +1,38 @@
+//! Replication: openraft 0.9 (storage-v2) on one sled database. openraft's generic types stop
+//! here; the rest of the server names the aliases of [`types`].
+//!
+//! ```text
+//!              client ──Proposal { at, actor, request_id, body }──▶ leader
+//!                                                                     │ Raft::client_write
+//!   ┌─────────────────────────────── one sled::Db ──────────────────────────────────────────┐
+//!   │                                                                                        │
+//!   │  LogStore (log_store.rs)               StateMachine (state_machine.rs)                 │
+//!   │  ┌───────────────────────┐  committed  ┌──────────────────────────────────────────┐    │
+//!   │  │ raft_log  idx ─▶ Entry│ ──────────▶ │ decide(&State, &Command) ─▶ events       │    │
+//!   │  │ raft_meta vote,       │   entries   │ State::apply(event)   (in memory)        │    │
+//!   │  │   committed,          │             │ events   idx‖pos ─▶ Event   ┐ one sled   │    │
+//!   │  │   last_purged         │             │ sm_meta  last_applied,      ┘ transaction│    │
+//!   │  └───────────────────────┘             │          membership                      │    │
+//!   │    append = 1 batch + 1 flush,         └───────────────┬──────────────────────────┘    │
+//!   │    then LogFlushed                                     │ build_snapshot / install      │
+//!   │         ▲                                              ▼                               │
+//!   │         │ purge ≤ snapshot         sm_snapshot  meta, data = cbor{last_applied,        │
+//!   │         └───────────────────────────                    membership, state}             │
+//!   └────────────────────────────────────────────────────────────────────────────────────────┘
+//!
+//!   restart: State = snapshot.state + events after snapshot.last_applied
+//! ```
+//!
+//! The reply of an entry is an [`types::Outcome`]: the domain's `Reply`, or a
+//! [`types::Refusal`] (which changed nothing).
+
+pub mod log_store;
+pub mod state_machine;
+pub mod types;
+
+pub use log_store::LogStore;
+pub use state_machine::StateMachine;
+pub use types::Outcome;
+pub use types::Proposal;
+pub use types::Refusal;
+pub use types::TypeConfig;

@@ -1,0 +1,393 @@
+//! The state machine on real commands: entries go in as Raft would hand them over, replies come
+//! out, and a reopened database rebuilds exactly the same state.
+
+use std::path::PathBuf;
+use std::time::SystemTime;
+use std::time::UNIX_EPOCH;
+
+use ipam_core::CommandBody;
+use ipam_core::Reply;
+use ipam_core::State;
+use ipam_core::command::AgentRef;
+use ipam_core::command::EniRequest;
+use ipam_core::ids::Actor;
+use ipam_core::ids::RequestId;
+use ipam_core::limits::InstanceLimits;
+use ipam_core::testing::check_invariants;
+use ipam_core::testing::node_spec;
+use ipam_core::testing::pod;
+use ipam_core::testing::subnet_config;
+use ipam_server::raft::Outcome;
+use ipam_server::raft::Proposal;
+use ipam_server::raft::StateMachine;
+use ipam_server::raft::state_machine::event_key;
+use ipam_server::raft::types::Entry;
+use openraft::CommittedLeaderId;
+use openraft::EntryPayload;
+use openraft::LogId;
+use openraft::Membership;
+use openraft::RaftSnapshotBuilder;
+use openraft::storage::RaftStateMachine;
+
+const NODE: &str = "ip-10-0-1-10.us-west-2.compute.internal";
+const AZ: &str = "us-west-2a";
+
+/// A sled directory under the system temp dir, removed when dropped (also when a test fails).
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let path = std::env::temp_dir().join(format!("ipam-server-{name}-{}-{nanos}", std::process::id()));
+        Self(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn open(dir: &TempDir) -> (sled::Db, StateMachine) {
+    let db = sled::open(&dir.0).unwrap_or_else(|e| panic!("open sled at {}: {e}", dir.0.display()));
+    let sm = StateMachine::open(&db).unwrap_or_else(|e| panic!("open state machine: {e}"));
+    (db, sm)
+}
+
+/// Feeds entries to a state machine the way openraft does, one term, increasing indexes.
+struct Feeder {
+    index: u64,
+    at: u64,
+}
+
+impl Feeder {
+    fn log_id(&self) -> LogId<u64> {
+        LogId::new(CommittedLeaderId::new(1, 1), self.index)
+    }
+
+    async fn membership(&mut self, sm: &mut StateMachine) {
+        self.index += 1;
+        let members = std::collections::BTreeSet::from([1_u64]);
+        let entry = Entry {
+            log_id: self.log_id(),
+            payload: EntryPayload::Membership(Membership::new(vec![members], None)),
+        };
+        let outcomes = apply(sm, entry).await;
+        assert_eq!(outcomes, Outcome::done());
+    }
+
+    async fn propose(
+        &mut self,
+        sm: &mut StateMachine,
+        actor: Actor,
+        request_id: Option<&str>,
+        body: CommandBody,
+    ) -> Outcome {
+        self.index += 1;
+        self.at += 1_000;
+        let request_id = request_id.map(|id| RequestId::new(id).unwrap_or_else(|e| panic!("{e}")));
+        let entry = Entry {
+            log_id: self.log_id(),
+            payload: EntryPayload::Normal(Proposal {
+                at: self.at,
+                actor,
+                request_id,
+                body,
+            }),
+        };
+        apply(sm, entry).await
+    }
+
+    async fn admin(&mut self, sm: &mut StateMachine, body: CommandBody) -> Reply {
+        let outcome = self.propose(sm, Actor::Operator("test".to_owned()), None, body).await;
+        outcome.result.unwrap_or_else(|r| panic!("refused: {r:?}"))
+    }
+
+    async fn agent(&mut self, sm: &mut StateMachine, request_id: Option<&str>, body: CommandBody) -> Outcome {
+        self.propose(sm, Actor::Agent(NODE.to_owned()), request_id, body).await
+    }
+}
+
+async fn apply(sm: &mut StateMachine, entry: Entry) -> Outcome {
+    let mut outcomes = sm.apply([entry]).await.unwrap_or_else(|e| panic!("apply: {e}"));
+    assert_eq!(outcomes.len(), 1, "one outcome per entry");
+    outcomes.remove(0)
+}
+
+async fn state(sm: &StateMachine) -> State {
+    sm.applied().read().await.state.clone()
+}
+
+fn limits() -> InstanceLimits {
+    InstanceLimits {
+        max_enis: 3,
+        ipv4_per_eni: 10,
+        branch_enis: 0,
+        trunking: false,
+    }
+}
+
+/// Pool, ENIConfig, a registered node, one attached ENI with four warm addresses and one pod
+/// bound. Returns the agent and the bound address.
+async fn cluster(sm: &mut StateMachine, feed: &mut Feeder) -> (AgentRef, std::net::Ipv4Addr) {
+    feed.membership(sm).await;
+    let cidr = "100.64.0.0/16".parse().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(feed.admin(sm, CommandBody::CreatePool { cidr }).await, Reply::Done);
+    let config = subnet_config(AZ, "subnet-0a1b2c3d", "100.64.1.0/24", AZ);
+    assert_eq!(
+        feed.admin(sm, CommandBody::UpsertSubnetConfig(config)).await,
+        Reply::Done
+    );
+
+    let spec = node_spec(NODE, "i-0123456789abcdef0", AZ, AZ, limits());
+    let register_index = feed.index + 1;
+    let Ok(Reply::Registered { epoch, .. }) = feed.agent(sm, None, CommandBody::RegisterNode(spec)).await.result else {
+        panic!("not registered")
+    };
+    assert_eq!(epoch, register_index, "the epoch is the log index of the registration");
+    let agent = AgentRef {
+        node: NODE.to_owned(),
+        epoch,
+    };
+
+    let plan_index = feed.index + 1;
+    let request = EniRequest::Secondary { ips: 4 };
+    let plan = match feed
+        .agent(
+            sm,
+            Some("plan-1"),
+            CommandBody::PlanEni {
+                agent: agent.clone(),
+                request,
+            },
+        )
+        .await
+        .result
+    {
+        Ok(Reply::EniPlanned(plan)) => plan,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(plan.eni, plan_index, "the ENI's handle is the log index of its plan");
+    assert_eq!(plan.ips.len(), 4);
+    assert_eq!(plan.token, format!("ipam-{plan_index}"));
+
+    let attached = CommandBody::ReportEniAttached {
+        agent: agent.clone(),
+        eni: plan.eni,
+        eni_id: "eni-0123456789abcdef0".to_owned(),
+        mac: "0e:00:00:00:00:01".to_owned(),
+    };
+    assert_eq!(feed.agent(sm, None, attached).await.result, Ok(Reply::Done));
+
+    let (owner, meta) = pod(1, &[]);
+    let bind_index = feed.index + 1;
+    let bind = CommandBody::Bind {
+        agent: agent.clone(),
+        owner: owner.clone(),
+        pod: meta,
+    };
+    let lease = match feed.agent(sm, Some("bind-1"), bind).await.result {
+        Ok(Reply::Bound(lease)) => lease,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(lease.id, bind_index);
+    assert_eq!(lease.owner, owner);
+    assert_eq!(lease.eni_id, "eni-0123456789abcdef0");
+    assert!(
+        plan.ips.contains(&lease.ip),
+        "{} is one of the planned {:?}",
+        lease.ip,
+        plan.ips
+    );
+    (agent, lease.ip)
+}
+
+#[tokio::test]
+async fn replies_come_from_the_domain_and_a_reopened_db_rebuilds_the_same_state() {
+    let dir = TempDir::new("t20-reopen");
+    let (db, mut sm) = open(&dir);
+    let mut feed = Feeder {
+        index: 0,
+        at: 1_000_000,
+    };
+    let (_, ip) = cluster(&mut sm, &mut feed).await;
+
+    let before = state(&sm).await;
+    check_invariants(&before).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(before.last_index, feed.index);
+    assert!(
+        before
+            .nodes
+            .get(NODE)
+            .is_some_and(|n| n.leases.values().any(|l| l.ip == ip))
+    );
+    let (last_applied, membership) = sm.applied_state().await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(last_applied, Some(feed.log_id()));
+    assert_eq!(membership.log_id().map(|id| id.index), Some(1));
+
+    drop(sm);
+    drop(db);
+    let (db, mut sm) = open(&dir);
+    assert_eq!(
+        state(&sm).await,
+        before,
+        "replaying the persisted events gives the same state"
+    );
+    let (reopened_applied, reopened_membership) = sm.applied_state().await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((reopened_applied, reopened_membership), (last_applied, membership));
+    drop(sm);
+    drop(db);
+}
+
+#[tokio::test]
+async fn a_reopened_db_rebuilds_from_the_snapshot_plus_later_events() {
+    let dir = TempDir::new("t20-snapshot");
+    let (db, mut sm) = open(&dir);
+    let mut feed = Feeder {
+        index: 0,
+        at: 1_000_000,
+    };
+    let (agent, _) = cluster(&mut sm, &mut feed).await;
+
+    let snapshot = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(snapshot.meta.last_log_id, Some(feed.log_id()));
+
+    // More work after the snapshot: a second pod.
+    let (owner, meta) = pod(2, &[]);
+    let bind = CommandBody::Bind {
+        agent,
+        owner,
+        pod: meta,
+    };
+    assert!(matches!(
+        feed.agent(&mut sm, Some("bind-2"), bind).await.result,
+        Ok(Reply::Bound(_))
+    ));
+    let before = state(&sm).await;
+
+    drop(sm);
+    drop(db);
+    let (db, mut sm) = open(&dir);
+    assert_eq!(state(&sm).await, before);
+    let current = sm.get_current_snapshot().await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        current.map(|s| s.meta),
+        Some(snapshot.meta),
+        "the built snapshot survives a restart"
+    );
+    drop(sm);
+    drop(db);
+}
+
+#[tokio::test]
+async fn a_refused_command_answers_a_refusal_and_changes_nothing() {
+    let dir = TempDir::new("t20-refusal");
+    let (db, mut sm) = open(&dir);
+    let mut feed = Feeder {
+        index: 0,
+        at: 1_000_000,
+    };
+    let (agent, _) = cluster(&mut sm, &mut feed).await;
+    let before = state(&sm).await;
+
+    let stale = AgentRef {
+        node: agent.node.clone(),
+        epoch: agent.epoch - 1,
+    };
+    let (owner, meta) = pod(2, &[]);
+    let bind = CommandBody::Bind {
+        agent: stale,
+        owner,
+        pod: meta,
+    };
+    let refused_index = feed.index + 1;
+    let Err(refusal) = feed.agent(&mut sm, Some("bind-2"), bind).await.result else {
+        panic!("a stale epoch must be refused")
+    };
+    assert_eq!(refusal.code, "FailedPrecondition");
+    assert!(refusal.message.contains("epoch"), "{}", refusal.message);
+
+    let after = state(&sm).await;
+    assert_eq!(after, before, "a refusal changes nothing");
+    let events = db.open_tree("events").unwrap_or_else(|e| panic!("{e}"));
+    let logged = events.range(event_key(refused_index, 0)..).count();
+    assert_eq!(logged, 0, "a refusal logs no event");
+    let (last_applied, _) = sm.applied_state().await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(last_applied, Some(feed.log_id()), "the entry is still applied");
+    drop(sm);
+    drop(db);
+}
+
+#[tokio::test]
+async fn an_installed_snapshot_replaces_the_state_and_survives_a_restart() {
+    let leader_dir = TempDir::new("t20-install-leader");
+    let (leader_db, mut leader) = open(&leader_dir);
+    let mut feed = Feeder {
+        index: 0,
+        at: 1_000_000,
+    };
+    cluster(&mut leader, &mut feed).await;
+    let snapshot = leader
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let leader_state = state(&leader).await;
+    let leader_applied = leader.applied_state().await.unwrap_or_else(|e| panic!("{e}"));
+
+    // A follower that applied only the first entries, then receives the snapshot.
+    let follower_dir = TempDir::new("t20-install-follower");
+    let (follower_db, mut follower) = open(&follower_dir);
+    let mut behind = Feeder {
+        index: 0,
+        at: 1_000_000,
+    };
+    behind.membership(&mut follower).await;
+    let cidr = "100.64.0.0/16".parse().unwrap_or_else(|e| panic!("{e}"));
+    behind.admin(&mut follower, CommandBody::CreatePool { cidr }).await;
+    assert_ne!(state(&follower).await, leader_state);
+
+    let mut received = follower
+        .begin_receiving_snapshot()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    *received = *snapshot.snapshot;
+    follower
+        .install_snapshot(&snapshot.meta, received)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(state(&follower).await, leader_state);
+    assert_eq!(
+        follower.applied_state().await.unwrap_or_else(|e| panic!("{e}")),
+        leader_applied
+    );
+    let events = follower_db.open_tree("events").unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        events.is_empty(),
+        "the events before the snapshot are gone (the ledger is issue C)"
+    );
+
+    // With no events to replay, a restart must rebuild from the snapshot itself.
+    drop(events);
+    drop(follower);
+    drop(follower_db);
+    let (follower_db, mut follower) = open(&follower_dir);
+    assert_eq!(state(&follower).await, leader_state);
+    assert_eq!(
+        follower.applied_state().await.unwrap_or_else(|e| panic!("{e}")),
+        leader_applied
+    );
+    let current = follower.get_current_snapshot().await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(current.map(|s| s.meta), Some(snapshot.meta));
+    drop(follower);
+    drop(follower_db);
+    drop(leader);
+    drop(leader_db);
+}
