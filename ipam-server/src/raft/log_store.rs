@@ -28,6 +28,8 @@ use openraft::storage::RaftLogStorage;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::raft::codec;
+use crate::raft::codec::CodecError;
 use crate::raft::types::Entry;
 use crate::raft::types::LogId;
 use crate::raft::types::StorageError;
@@ -47,13 +49,8 @@ pub enum LogStoreError {
     #[error("sled: {0}")]
     Sled(#[from] sled::Error),
     /// A stored value does not decode, or a value does not encode.
-    #[error("{what} does not (de)serialize: {source}")]
-    Codec {
-        /// Which value.
-        what: &'static str,
-        /// serde_json's complaint.
-        source: serde_json::Error,
-    },
+    #[error(transparent)]
+    Codec(#[from] CodecError),
 }
 
 /// `Result` with [`LogStoreError`].
@@ -79,11 +76,11 @@ fn key(index: u64) -> [u8; 8] {
 }
 
 fn encode<T: Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>> {
-    serde_json::to_vec(value).map_err(|source| LogStoreError::Codec { what, source })
+    Ok(codec::encode(what, value)?)
 }
 
 fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T> {
-    serde_json::from_slice(bytes).map_err(|source| LogStoreError::Codec { what, source })
+    Ok(codec::decode(what, bytes)?)
 }
 
 impl LogStore {

@@ -26,6 +26,7 @@
 //! The reply of an entry is an [`types::Outcome`]: the domain's `Reply`, or a
 //! [`types::Refusal`] (which changed nothing).
 
+pub mod codec;
 pub mod log_store;
 pub mod state_machine;
 pub mod types;

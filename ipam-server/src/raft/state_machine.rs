@@ -45,6 +45,8 @@ use serde::de::DeserializeOwned;
 use sled::Transactional;
 use tokio::sync::RwLock;
 
+use crate::raft::codec;
+use crate::raft::codec::CodecError;
 use crate::raft::types::Entry;
 use crate::raft::types::LogId;
 use crate::raft::types::Outcome;
@@ -69,13 +71,8 @@ pub enum StateMachineError {
     #[error("sled: {0}")]
     Sled(#[from] sled::Error),
     /// A stored value does not decode, or a value does not encode.
-    #[error("{what} does not (de)serialize: {source}")]
-    Codec {
-        /// Which value.
-        what: &'static str,
-        /// serde_json's complaint.
-        source: serde_json::Error,
-    },
+    #[error(transparent)]
+    Codec(#[from] CodecError),
     /// A snapshot does not encode.
     #[error("snapshot data does not encode: {0}")]
     SnapshotEncode(#[from] ciborium::ser::Error<std::io::Error>),
@@ -112,11 +109,11 @@ impl From<sled::transaction::TransactionError<()>> for StateMachineError {
 }
 
 fn encode<T: Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>> {
-    serde_json::to_vec(value).map_err(|source| StateMachineError::Codec { what, source })
+    Ok(codec::encode(what, value)?)
 }
 
 fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T> {
-    serde_json::from_slice(bytes).map_err(|source| StateMachineError::Codec { what, source })
+    Ok(codec::decode(what, bytes)?)
 }
 
 fn encode_snapshot(applied: &Applied) -> Result<Vec<u8>> {
