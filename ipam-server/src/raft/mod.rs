@@ -28,6 +28,7 @@
 
 pub mod codec;
 pub mod log_store;
+pub mod network;
 pub mod state_machine;
 pub mod types;
 
