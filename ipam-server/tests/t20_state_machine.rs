@@ -1,10 +1,6 @@
 //! The state machine on real commands: entries go in as Raft would hand them over, replies come
 //! out, and a reopened database rebuilds exactly the same state.
 
-use std::path::PathBuf;
-use std::time::SystemTime;
-use std::time::UNIX_EPOCH;
-
 use ipam_core::CommandBody;
 use ipam_core::Reply;
 use ipam_core::State;
@@ -29,25 +25,11 @@ use openraft::Membership;
 use openraft::RaftSnapshotBuilder;
 use openraft::storage::RaftStateMachine;
 
+mod common;
+use common::TempDir;
+
 const NODE: &str = "ip-10-0-1-10.us-west-2.compute.internal";
 const AZ: &str = "us-west-2a";
-
-/// A sled directory under the system temp dir, removed when dropped (also when a test fails).
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-        let path = std::env::temp_dir().join(format!("ipam-server-{name}-{}-{nanos}", std::process::id()));
-        Self(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn open(dir: &TempDir) -> (sled::Db, StateMachine) {
     let db = sled::open(&dir.0).unwrap_or_else(|e| panic!("open sled at {}: {e}", dir.0.display()));

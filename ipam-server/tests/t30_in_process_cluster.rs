@@ -6,11 +6,8 @@ use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use std::time::SystemTime;
-use std::time::UNIX_EPOCH;
 
 use ipam_core::CommandBody;
 use ipam_core::Reply;
@@ -37,6 +34,9 @@ use openraft::BasicNode;
 use openraft::Config;
 use openraft::ServerState;
 
+mod common;
+use common::TempDir;
+
 const NODE: &str = "ip-10-0-1-10.us-west-2.compute.internal";
 const AZ: &str = "us-west-2a";
 const IDS: [NodeId; 3] = [1, 2, 3];
@@ -48,23 +48,6 @@ const BINDS_AFTER: u64 = 12;
 const ELECTION: Duration = Duration::from_secs(10);
 const WRITE: Duration = Duration::from_secs(5);
 const CONVERGE: Duration = Duration::from_secs(15);
-
-/// A sled directory under the system temp dir, removed when dropped (also when a test fails).
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-        let path = std::env::temp_dir().join(format!("ipam-server-{name}-{}-{nanos}", std::process::id()));
-        Self(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// One replica: its Raft handle, a read handle on its applied state, and what keeps its
 /// database alive.
