@@ -32,6 +32,7 @@ use crate::command::ReleaseReason;
 use crate::command::SubnetConfigSpec;
 use crate::error::DomainError;
 use crate::error::Result;
+pub use crate::event::EniPlan;
 use crate::event::Event;
 use crate::event::EventKind;
 use crate::event::ReturnReason;
@@ -61,27 +62,6 @@ pub struct Decision {
     pub events: Vec<Event>,
     /// The answer for the caller.
     pub reply: Reply,
-}
-
-/// A planned ENI, as the agent needs it to call EC2.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EniPlan {
-    /// The server's handle.
-    pub eni: EniRef,
-    /// Secondary, trunk or branch.
-    pub kind: EniKind,
-    /// Device index to attach at (none for branch ENIs).
-    pub device_index: Option<u8>,
-    /// EC2 subnet id.
-    pub subnet_id: String,
-    /// Security groups.
-    pub security_groups: Vec<String>,
-    /// The ENI's primary address.
-    pub primary_ip: Ipv4Addr,
-    /// Secondary addresses to assign at creation.
-    pub ips: Vec<Ipv4Addr>,
-    /// EC2 ClientToken.
-    pub token: String,
 }
 
 /// The answer to a command.
@@ -139,26 +119,7 @@ impl Reply {
     /// The reply an event implies, for events of commands that carry a request id.
     pub fn of_event(kind: &EventKind) -> Option<Reply> {
         Some(match kind {
-            EventKind::EniPlanned {
-                eni,
-                kind,
-                device_index,
-                subnet_id,
-                security_groups,
-                primary_ip,
-                ips,
-                token,
-                ..
-            } => Reply::EniPlanned(EniPlan {
-                eni: *eni,
-                kind: *kind,
-                device_index: *device_index,
-                subnet_id: subnet_id.clone(),
-                security_groups: security_groups.clone(),
-                primary_ip: *primary_ip,
-                ips: ips.clone(),
-                token: token.clone(),
-            }),
+            EventKind::EniPlanned { plan, .. } => Reply::EniPlanned(plan.clone()),
             EventKind::IpsPlanned { eni, ips, .. } => Reply::IpsPlanned {
                 eni: *eni,
                 ips: ips.clone(),
@@ -817,8 +778,7 @@ impl<'a> Decider<'a> {
         let config = self.config_of(node)?;
         let mut addresses = self.peek(&config.subnet_id, 1 + ips)?;
         let primary_ip = addresses.remove(0);
-        let kind = EventKind::EniPlanned {
-            node: node.spec.name.clone(),
+        let plan = EniPlan {
             eni: self.cmd.index,
             kind,
             device_index,
@@ -827,6 +787,10 @@ impl<'a> Decider<'a> {
             primary_ip,
             ips: addresses,
             token: self.token(),
+        };
+        let kind = EventKind::EniPlanned {
+            node: node.spec.name.clone(),
+            plan,
             request_id: self.cmd.request_id.clone(),
         };
         Ok(self.answer(kind))
@@ -861,8 +825,7 @@ impl<'a> Decider<'a> {
                 max,
             })?;
         let ip = self.peek(&trunk.subnet_id, 1)?.remove(0);
-        let kind = EventKind::EniPlanned {
-            node: node.spec.name.clone(),
+        let plan = EniPlan {
             eni: self.cmd.index,
             kind: EniKind::Branch {
                 vlan,
@@ -874,6 +837,10 @@ impl<'a> Decider<'a> {
             primary_ip: ip,
             ips: Vec::new(),
             token: self.token(),
+        };
+        let kind = EventKind::EniPlanned {
+            node: node.spec.name.clone(),
+            plan,
             request_id: self.cmd.request_id.clone(),
         };
         Ok(self.answer(kind))

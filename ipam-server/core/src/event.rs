@@ -23,6 +23,27 @@ use crate::state::EniKind;
 use crate::state::Lease;
 use crate::state::Settings;
 
+/// A planned ENI, as the agent needs it to call EC2 (and as the ledger records it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EniPlan {
+    /// The server's handle.
+    pub eni: EniRef,
+    /// Secondary, trunk or branch.
+    pub kind: EniKind,
+    /// Device index to attach at (none for branch ENIs).
+    pub device_index: Option<u8>,
+    /// EC2 subnet id.
+    pub subnet_id: String,
+    /// Security groups.
+    pub security_groups: Vec<String>,
+    /// The ENI's primary address.
+    pub primary_ip: Ipv4Addr,
+    /// Secondary addresses to assign at creation.
+    pub ips: Vec<Ipv4Addr>,
+    /// EC2 ClientToken.
+    pub token: String,
+}
+
 /// One fact, with where it came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
@@ -106,22 +127,8 @@ pub enum EventKind {
     EniPlanned {
         /// The node.
         node: String,
-        /// The server's handle (this event's index).
-        eni: EniRef,
-        /// Secondary, trunk or branch (with VLAN id and trunk).
-        kind: EniKind,
-        /// Device index (none for branch ENIs, which are VLANs on the trunk).
-        device_index: Option<u8>,
-        /// EC2 subnet id.
-        subnet_id: String,
-        /// Security groups for the ENI.
-        security_groups: Vec<String>,
-        /// The ENI's own primary address (for a branch ENI, the pod's address).
-        primary_ip: Ipv4Addr,
-        /// Secondary addresses to assign at creation.
-        ips: Vec<Ipv4Addr>,
-        /// EC2 ClientToken for CreateNetworkInterface.
-        token: String,
+        /// The plan (its `eni` is this event's index); also the agent's reply.
+        plan: EniPlan,
         /// The agent's idempotency key, if any.
         request_id: Option<RequestId>,
     },

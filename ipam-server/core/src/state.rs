@@ -404,41 +404,30 @@ impl State {
                     }
                 }
             }
-            EventKind::EniPlanned {
-                node,
-                eni,
-                kind,
-                device_index,
-                subnet_id,
-                security_groups,
-                primary_ip,
-                ips,
-                token,
-                ..
-            } => {
-                if let Some(subnet) = self.subnets.get_mut(subnet_id) {
-                    for ip in std::iter::once(primary_ip).chain(ips) {
+            EventKind::EniPlanned { node, plan, .. } => {
+                if let Some(subnet) = self.subnets.get_mut(&plan.subnet_id) {
+                    for ip in std::iter::once(&plan.primary_ip).chain(&plan.ips) {
                         subnet.alloc.take(*ip);
                     }
                 }
                 let Some(n) = self.nodes.get_mut(node) else { return };
-                let mut slots: BTreeMap<Ipv4Addr, Slot> = ips.iter().map(|ip| (*ip, Slot::Pending)).collect();
-                if matches!(kind, EniKind::Branch { .. }) {
-                    slots.insert(*primary_ip, Slot::Pending);
+                let mut slots: BTreeMap<Ipv4Addr, Slot> = plan.ips.iter().map(|ip| (*ip, Slot::Pending)).collect();
+                if matches!(plan.kind, EniKind::Branch { .. }) {
+                    slots.insert(plan.primary_ip, Slot::Pending);
                 }
                 n.enis.insert(
-                    *eni,
+                    plan.eni,
                     Eni {
-                        eni_ref: *eni,
+                        eni_ref: plan.eni,
                         node: node.clone(),
                         eni_id: None,
                         mac: None,
-                        kind: *kind,
-                        device_index: *device_index,
-                        subnet_id: subnet_id.clone(),
-                        security_groups: security_groups.clone(),
-                        primary_ip: *primary_ip,
-                        token: token.clone(),
+                        kind: plan.kind,
+                        device_index: plan.device_index,
+                        subnet_id: plan.subnet_id.clone(),
+                        security_groups: plan.security_groups.clone(),
+                        primary_ip: plan.primary_ip,
+                        token: plan.token.clone(),
                         state: EniState::Planned,
                         slots,
                     },
