@@ -1,6 +1,11 @@
-//! The replicated IPAM server: the `ipam-core` domain behind openraft, stored in sled.
+//! The replicated IPAM server: the `ipam-core` domain behind openraft, stored in sled, served
+//! over gRPC.
 //!
-//! For now only [`raft`] exists: the log store and the state machine. The gRPC services,
-//! the leader-only controllers and the binaries come next (see the crate's README).
+//! * [`raft`]: the log store, the state machine, the transports.
+//! * [`replica`]: one replica as the services see it (write, read, membership).
+//! * [`grpc`]: the services; [`pb_impl`]: protobuf ⇄ domain.
 
+pub mod grpc;
+pub mod pb_impl;
 pub mod raft;
+pub mod replica;

@@ -162,6 +162,38 @@ pub fn decide(state: &State, cmd: &Command) -> Result<Decision> {
 }
 
 impl CommandBody {
+    /// The command's name, as logs and metrics spell it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::CreatePool { .. } => "CreatePool",
+            Self::UpsertSubnetConfig(_) => "UpsertSubnetConfig",
+            Self::DeleteSubnetConfig { .. } => "DeleteSubnetConfig",
+            Self::UpsertSgPolicy(_) => "UpsertSgPolicy",
+            Self::DeleteSgPolicy { .. } => "DeleteSgPolicy",
+            Self::UpdateSettings(_) => "UpdateSettings",
+            Self::Unquarantine { .. } => "Unquarantine",
+            Self::RemoveNode { .. } => "RemoveNode",
+            Self::ReleaseLease { .. } => "ReleaseLease",
+            Self::RegisterNode(_) => "RegisterNode",
+            Self::Heartbeat(_) => "Heartbeat",
+            Self::PlanEni { .. } => "PlanEni",
+            Self::PlanBranchEni { .. } => "PlanBranchEni",
+            Self::ReportEniAttached { .. } => "ReportEniAttached",
+            Self::ReportEniFailed { .. } => "ReportEniFailed",
+            Self::PlanIps { .. } => "PlanIps",
+            Self::ReportIpsAssigned { .. } => "ReportIpsAssigned",
+            Self::ReportIpsFailed { .. } => "ReportIpsFailed",
+            Self::DrainIps { .. } => "DrainIps",
+            Self::ReportIpsUnassigned { .. } => "ReportIpsUnassigned",
+            Self::PlanEniDetach { .. } => "PlanEniDetach",
+            Self::ReportEniDetached { .. } => "ReportEniDetached",
+            Self::Bind { .. } => "Bind",
+            Self::Release { .. } => "Release",
+            Self::Gc { .. } => "Gc",
+            Self::Tick => "Tick",
+        }
+    }
+
     /// Whether a retry of this command (same request id) returns the first reply. These are the
     /// commands whose repetition would otherwise do something else: a second address, a second
     /// plan, a refusal of a release that did happen. The others (reports, GC, heartbeats,

@@ -406,6 +406,19 @@ pub enum DomainError {
 }
 
 impl DomainError {
+    /// For a [`ErrorCode::ResourceExhausted`] refusal, what ran out, in the words of the API's
+    /// `ipam-exhausted` metadata: `subnet`, `node-warm`, `branch-warm` or `node-limit`.
+    pub fn exhausted(&self) -> Option<&'static str> {
+        use DomainError::*;
+        match self {
+            SubnetExhausted { .. } => Some("subnet"),
+            NoWarmAddress { .. } | NotEnoughWarm { .. } => Some("node-warm"),
+            NoWarmBranch { .. } => Some("branch-warm"),
+            EniLimit { .. } | IpsPerEniLimit { .. } | BranchLimit { .. } => Some("node-limit"),
+            _ => None,
+        }
+    }
+
     /// How the API maps this refusal.
     pub fn code(&self) -> ErrorCode {
         use DomainError::*;

@@ -27,6 +27,7 @@
 //! [`types::Refusal`] (which changed nothing).
 
 pub mod codec;
+pub mod grpc_network;
 pub mod log_store;
 pub mod network;
 pub mod state_machine;

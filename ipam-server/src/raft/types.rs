@@ -83,6 +83,9 @@ pub struct Refusal {
     pub code: String,
     /// The refusal as the domain words it.
     pub message: String,
+    /// For `ResourceExhausted`: what ran out (see [`DomainError::exhausted`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exhausted: Option<String>,
 }
 
 impl From<&DomainError> for Refusal {
@@ -90,6 +93,7 @@ impl From<&DomainError> for Refusal {
         Self {
             code: format!("{:?}", error.code()),
             message: error.to_string(),
+            exhausted: error.exhausted().map(str::to_owned),
         }
     }
 }

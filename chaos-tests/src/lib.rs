@@ -1,0 +1,1 @@
+//! Chaos tests, the load generator and the etcd comparison benchmark.

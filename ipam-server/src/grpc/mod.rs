@@ -1,0 +1,7 @@
+//! The gRPC services of one replica: `AgentService` (node agents), `AdminService` (operators,
+//! `ipamctl`), `AuditService` (the ledger) and `RaftService` (the other replicas). Each service
+//! turns protobuf into domain commands through `pb_impl`, asks the [`crate::replica::Replica`],
+//! and maps errors with [`status`].
+
+pub mod raft;
+pub mod status;

@@ -1,0 +1,3 @@
+//! `ipam-server`: one replica of the IPAM cluster.
+
+fn main() {}

@@ -1,0 +1,1 @@
+//! Protobuf ⇄ domain conversions, a file per type (STYLE.md: protobuf types stop at the edge).
