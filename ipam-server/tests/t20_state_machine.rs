@@ -31,9 +31,11 @@ use common::TempDir;
 const NODE: &str = "ip-10-0-1-10.us-west-2.compute.internal";
 const AZ: &str = "us-west-2a";
 
-fn open(dir: &TempDir) -> (sled::Db, StateMachine) {
-    let db = sled::open(&dir.0).unwrap_or_else(|e| panic!("open sled at {}: {e}", dir.0.display()));
-    let sm = StateMachine::open(&db).unwrap_or_else(|e| panic!("open state machine: {e}"));
+async fn open(dir: &TempDir) -> (sled::Db, StateMachine) {
+    let db = sled::open(dir.0.join("sled")).unwrap_or_else(|e| panic!("open sled at {}: {e}", dir.0.display()));
+    let sm = StateMachine::open(&db, dir.0.join("snapshots"))
+        .await
+        .unwrap_or_else(|e| panic!("open state machine: {e}"));
     (db, sm)
 }
 
@@ -188,7 +190,7 @@ async fn cluster(sm: &mut StateMachine, feed: &mut Feeder) -> (AgentRef, std::ne
 #[tokio::test]
 async fn replies_come_from_the_domain_and_a_reopened_db_rebuilds_the_same_state() {
     let dir = TempDir::new("t20-reopen");
-    let (db, mut sm) = open(&dir);
+    let (db, mut sm) = open(&dir).await;
     let mut feed = Feeder {
         index: 0,
         at: 1_000_000,
@@ -210,7 +212,7 @@ async fn replies_come_from_the_domain_and_a_reopened_db_rebuilds_the_same_state(
 
     drop(sm);
     drop(db);
-    let (db, mut sm) = open(&dir);
+    let (db, mut sm) = open(&dir).await;
     assert_eq!(
         state(&sm).await,
         before,
@@ -225,7 +227,7 @@ async fn replies_come_from_the_domain_and_a_reopened_db_rebuilds_the_same_state(
 #[tokio::test]
 async fn a_reopened_db_rebuilds_from_the_snapshot_plus_later_events() {
     let dir = TempDir::new("t20-snapshot");
-    let (db, mut sm) = open(&dir);
+    let (db, mut sm) = open(&dir).await;
     let mut feed = Feeder {
         index: 0,
         at: 1_000_000,
@@ -255,7 +257,7 @@ async fn a_reopened_db_rebuilds_from_the_snapshot_plus_later_events() {
 
     drop(sm);
     drop(db);
-    let (db, mut sm) = open(&dir);
+    let (db, mut sm) = open(&dir).await;
     assert_eq!(state(&sm).await, before);
     let current = sm.get_current_snapshot().await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
@@ -270,7 +272,7 @@ async fn a_reopened_db_rebuilds_from_the_snapshot_plus_later_events() {
 #[tokio::test]
 async fn a_refused_command_answers_a_refusal_and_changes_nothing() {
     let dir = TempDir::new("t20-refusal");
-    let (db, mut sm) = open(&dir);
+    let (db, mut sm) = open(&dir).await;
     let mut feed = Feeder {
         index: 0,
         at: 1_000_000,
@@ -309,7 +311,7 @@ async fn a_refused_command_answers_a_refusal_and_changes_nothing() {
 #[tokio::test]
 async fn an_installed_snapshot_replaces_the_state_and_survives_a_restart() {
     let leader_dir = TempDir::new("t20-install-leader");
-    let (leader_db, mut leader) = open(&leader_dir);
+    let (leader_db, mut leader) = open(&leader_dir).await;
     let mut feed = Feeder {
         index: 0,
         at: 1_000_000,
@@ -326,7 +328,7 @@ async fn an_installed_snapshot_replaces_the_state_and_survives_a_restart() {
 
     // A follower that applied only the first entries, then receives the snapshot.
     let follower_dir = TempDir::new("t20-install-follower");
-    let (follower_db, mut follower) = open(&follower_dir);
+    let (follower_db, mut follower) = open(&follower_dir).await;
     let mut behind = Feeder {
         index: 0,
         at: 1_000_000,
@@ -340,7 +342,10 @@ async fn an_installed_snapshot_replaces_the_state_and_survives_a_restart() {
         .begin_receiving_snapshot()
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    *received = *snapshot.snapshot;
+    let mut sent = snapshot.snapshot;
+    tokio::io::copy(&mut sent, &mut *received)
+        .await
+        .unwrap_or_else(|e| panic!("copy the snapshot: {e}"));
     follower
         .install_snapshot(&snapshot.meta, received)
         .await
@@ -351,16 +356,24 @@ async fn an_installed_snapshot_replaces_the_state_and_survives_a_restart() {
         leader_applied
     );
     let events = follower_db.open_tree("events").unwrap_or_else(|e| panic!("{e}"));
-    assert!(
-        events.is_empty(),
-        "the events before the snapshot are gone (the ledger is issue C)"
+    let leader_events = leader_db.open_tree("events").unwrap_or_else(|e| panic!("{e}"));
+    let ledger = |tree: &sled::Tree| -> Vec<(Vec<u8>, Vec<u8>)> {
+        tree.iter()
+            .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())).unwrap_or_else(|e| panic!("{e}")))
+            .collect()
+    };
+    assert!(!leader_events.is_empty());
+    assert_eq!(
+        ledger(&events),
+        ledger(&leader_events),
+        "the snapshot carried the leader's whole ledger, replacing the follower's own"
     );
 
-    // With no events to replay, a restart must rebuild from the snapshot itself.
+    // A restart rebuilds from the snapshot's state (no events after it to replay).
     drop(events);
     drop(follower);
     drop(follower_db);
-    let (follower_db, mut follower) = open(&follower_dir);
+    let (follower_db, mut follower) = open(&follower_dir).await;
     assert_eq!(state(&follower).await, leader_state);
     assert_eq!(
         follower.applied_state().await.unwrap_or_else(|e| panic!("{e}")),
@@ -372,4 +385,53 @@ async fn an_installed_snapshot_replaces_the_state_and_survives_a_restart() {
     drop(follower_db);
     drop(leader);
     drop(leader_db);
+}
+
+#[tokio::test]
+async fn an_install_interrupted_before_its_ledger_import_is_finished_on_open() {
+    let leader_dir = TempDir::new("t20-interrupted-leader");
+    let (leader_db, mut leader) = open(&leader_dir).await;
+    let mut feed = Feeder {
+        index: 0,
+        at: 1_000_000,
+    };
+    cluster(&mut leader, &mut feed).await;
+    let snapshot = leader
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let leader_state = state(&leader).await;
+
+    let follower_dir = TempDir::new("t20-interrupted-follower");
+    let (follower_db, mut follower) = open(&follower_dir).await;
+    let mut received = follower
+        .begin_receiving_snapshot()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut sent = snapshot.snapshot;
+    tokio::io::copy(&mut sent, &mut *received)
+        .await
+        .unwrap_or_else(|e| panic!("copy the snapshot: {e}"));
+    follower
+        .install_snapshot(&snapshot.meta, received)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    // Put the follower back in the state of a crash after the snapshot's meta was saved but
+    // before its ledger was imported and its applied position moved.
+    let events = follower_db.open_tree("events").unwrap_or_else(|e| panic!("{e}"));
+    let meta = follower_db.open_tree("sm_meta").unwrap_or_else(|e| panic!("{e}"));
+    events.clear().unwrap_or_else(|e| panic!("{e}"));
+    meta.remove("last_applied").unwrap_or_else(|e| panic!("{e}"));
+    follower_db.flush().unwrap_or_else(|e| panic!("{e}"));
+    drop((events, meta, follower, follower_db));
+
+    let (follower_db, follower) = open(&follower_dir).await;
+    assert_eq!(state(&follower).await, leader_state, "the state comes back from the snapshot");
+    let ledger = |db: &sled::Db| -> usize { db.open_tree("events").map_or(0, |tree| tree.len()) };
+    assert!(ledger(&leader_db) > 0);
+    assert_eq!(ledger(&follower_db), ledger(&leader_db), "the ledger import was redone on open");
+    drop((follower, follower_db, leader, leader_db));
 }

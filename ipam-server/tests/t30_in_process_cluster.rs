@@ -80,9 +80,11 @@ async fn until<T>(what: &str, bound: Duration, mut probe: impl FnMut() -> Option
 
 async fn start(router: &Router, config: &Arc<Config>, id: NodeId) -> Replica {
     let dir = TempDir::new(&format!("t30-node{id}"));
-    let db = sled::open(&dir.0).unwrap_or_else(|e| panic!("open sled at {}: {e}", dir.0.display()));
+    let db = sled::open(dir.0.join("sled")).unwrap_or_else(|e| panic!("open sled at {}: {e}", dir.0.display()));
     let log = LogStore::open(&db).unwrap_or_else(|e| panic!("open log store: {e}"));
-    let sm = StateMachine::open(&db).unwrap_or_else(|e| panic!("open state machine: {e}"));
+    let sm = StateMachine::open(&db, dir.0.join("snapshots"))
+        .await
+        .unwrap_or_else(|e| panic!("open state machine: {e}"));
     let applied = sm.applied();
     let raft = bounded(
         "Raft::new",

@@ -16,19 +16,21 @@
 //!   │    append = 1 batch + 1 flush,         └───────────────┬──────────────────────────┘    │
 //!   │    then LogFlushed                                     │ build_snapshot / install      │
 //!   │         ▲                                              ▼                               │
-//!   │         │ purge ≤ snapshot         sm_snapshot  meta, data = cbor{last_applied,        │
-//!   │         └───────────────────────────                    membership, state}             │
+//!   │         │ purge ≤ snapshot         sm_snapshot  meta, file ─▶ snapshots/<file>.snap:   │
+//!   │         └───────────────────────────   cbor{last_applied, membership, state} + ledger  │
 //!   └────────────────────────────────────────────────────────────────────────────────────────┘
 //!
 //!   restart: State = snapshot.state + events after snapshot.last_applied
 //! ```
 //!
-//! The reply of an entry is an [`types::Outcome`]: the domain's `Reply`, or a
+//! Replicas talk over gRPC ([`grpc_network`]) in the server, or in process ([`network`]) in
+//! tests. The reply of an entry is an [`types::Outcome`]: the domain's `Reply`, or a
 //! [`types::Refusal`] (which changed nothing).
 
 pub mod codec;
 pub mod grpc_network;
 pub mod log_store;
+pub mod snapshot;
 pub mod network;
 pub mod state_machine;
 pub mod types;

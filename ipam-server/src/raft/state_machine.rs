@@ -10,23 +10,28 @@
 //!   state.apply(event) for each event ─────────▶ Outcome(reply)
 //!        │
 //!        ▼  one sled transaction per `apply` call:
-//!   tree "events"       be_u64(index) ++ be_u32(position) ──▶ json(Event)
+//!   tree "events"       be_u64(index) ++ be_u32(position) ──▶ json(Event)     (the ledger)
 //!   tree "sm_meta"      "last_applied", "membership"
 //!
-//!   tree "sm_snapshot"  "meta" ──▶ json(SnapshotMeta), "data" ──▶ cbor(Applied)
+//!   tree "sm_snapshot"  "meta" ──▶ json(SnapshotMeta), "file" ──▶ its file name
+//!   dir  snapshots/     <file>.snap: cbor(Applied) + every event up to last_applied (snapshot.rs)
 //! ```
 //!
-//! Snapshot data is CBOR, not JSON: the domain `State` has maps keyed by tuples (a node's
-//! attachments, the SecurityGroupPolicies), which JSON objects cannot carry. Log entries and
-//! events stay JSON for now.
+//! A snapshot carries the ledger, so a replica that installs one (a learner added later, a
+//! follower whose log was purged) answers history queries like the others. Snapshot data is a
+//! file on both sides (openraft reads and writes it in chunks), never one blob in memory.
 //!
-//! On open the in-memory [`State`] is rebuilt from the last snapshot (if any) plus the events
-//! logged after it, so a restarted replica answers exactly as before without asking the log.
-//! The state lives behind a shared lock ([`StateMachine::applied`]) so that readers outside Raft
-//! (the gRPC services, later) can see it.
+//! On open the in-memory [`State`] is rebuilt from the last snapshot's state plus the events
+//! logged after it. Installing a snapshot is crash-safe: the file is complete before its meta is
+//! saved, and a meta newer than the applied position on open means the import of its events was
+//! interrupted, so it is redone. The state lives behind a shared lock ([`StateMachine::applied`])
+//! so that readers outside Raft (the gRPC services) can see it.
 
-use std::io::Cursor;
+use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
 
 use ipam_core::Event;
 use ipam_core::State;
@@ -47,6 +52,8 @@ use tokio::sync::RwLock;
 
 use crate::raft::codec;
 use crate::raft::codec::CodecError;
+use crate::raft::snapshot;
+use crate::raft::snapshot::SnapshotError;
 use crate::raft::types::Entry;
 use crate::raft::types::LogId;
 use crate::raft::types::Outcome;
@@ -62,7 +69,9 @@ const SNAPSHOT_TREE: &str = "sm_snapshot";
 const LAST_APPLIED: &str = "last_applied";
 const MEMBERSHIP: &str = "membership";
 const SNAPSHOT_META: &str = "meta";
-const SNAPSHOT_DATA: &str = "data";
+const SNAPSHOT_FILE: &str = "file";
+/// Events per sled batch when importing a snapshot's ledger.
+const IMPORT_BATCH: usize = 10_000;
 
 /// Why a state machine operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -73,12 +82,20 @@ pub enum StateMachineError {
     /// A stored value does not decode, or a value does not encode.
     #[error(transparent)]
     Codec(#[from] CodecError),
-    /// A snapshot does not encode.
-    #[error("snapshot data does not encode: {0}")]
-    SnapshotEncode(#[from] ciborium::ser::Error<std::io::Error>),
-    /// A snapshot does not decode.
-    #[error("snapshot data does not decode: {0}")]
-    SnapshotDecode(#[from] ciborium::de::Error<std::io::Error>),
+    /// A snapshot file could not be written or read.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    /// The snapshot directory cannot be used.
+    #[error("snapshot directory {path}: {source}")]
+    SnapshotDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A blocking task (snapshot file work) did not finish.
+    #[error("snapshot task failed: {0}")]
+    Task(String),
     /// One command produced more events than an event key can number.
     #[error("the command at log index {index} produced more than 2^32 events")]
     TooManyEvents {
@@ -116,14 +133,11 @@ fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T> {
     Ok(codec::decode(what, bytes)?)
 }
 
-fn encode_snapshot(applied: &Applied) -> Result<Vec<u8>> {
-    let mut data = Vec::new();
-    ciborium::into_writer(applied, &mut data)?;
-    Ok(data)
-}
-
-fn decode_snapshot(data: &[u8]) -> Result<Applied> {
-    Ok(ciborium::from_reader(data)?)
+/// Runs blocking file work off the async workers.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| StateMachineError::Task(e.to_string()))?
 }
 
 /// The key of an event: its command's log index, then its position among that command's events,
@@ -135,7 +149,7 @@ pub fn event_key(index: u64, position: u32) -> [u8; 12] {
     key
 }
 
-/// What the state machine has applied; also the content of a snapshot.
+/// What the state machine has applied; also the header of a snapshot.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Applied {
     /// The last entry applied.
@@ -153,23 +167,34 @@ pub type SharedApplied = Arc<RwLock<Applied>>;
 #[derive(Debug)]
 pub struct StateMachine {
     applied: SharedApplied,
-    trees: Trees,
+    store: Store,
+    /// The file a snapshot from the leader is being received into.
+    receiving: Option<PathBuf>,
 }
 
-/// The sled trees of the state machine (cheap to clone: sled trees are shared handles).
+/// The sled trees and the snapshot directory (cheap to clone: sled trees are shared handles).
 #[derive(Debug, Clone)]
-struct Trees {
+struct Store {
     events: sled::Tree,
     meta: sled::Tree,
     snapshot: sled::Tree,
+    dir: Arc<PathBuf>,
+    /// Makes file names unique within the process.
+    sequence: Arc<AtomicU64>,
 }
 
-impl Trees {
-    fn open(db: &sled::Db) -> Result<Self> {
+impl Store {
+    fn open(db: &sled::Db, dir: PathBuf) -> Result<Self> {
+        std::fs::create_dir_all(&dir).map_err(|source| StateMachineError::SnapshotDir {
+            path: dir.clone(),
+            source,
+        })?;
         Ok(Self {
             events: db.open_tree(EVENTS_TREE)?,
             meta: db.open_tree(META_TREE)?,
             snapshot: db.open_tree(SNAPSHOT_TREE)?,
+            dir: Arc::new(dir),
+            sequence: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -177,25 +202,40 @@ impl Trees {
         tree.get(name)?.map(|bytes| decode(name, &bytes)).transpose()
     }
 
-    fn current_snapshot(&self) -> Result<Option<(SnapshotMeta, Vec<u8>)>> {
-        let meta: Option<SnapshotMeta> = Self::get(&self.snapshot, SNAPSHOT_META)?;
-        let data = self.snapshot.get(SNAPSHOT_DATA)?;
-        Ok(meta.zip(data).map(|(meta, data)| (meta, data.to_vec())))
+    /// A new, unused file name in the snapshot directory.
+    fn new_file(&self, what: &str) -> PathBuf {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let n = self.sequence.fetch_add(1, Ordering::Relaxed);
+        self.dir.join(format!("{what}-{nanos}-{n}.snap"))
     }
 
-    /// Saves `meta` and `data` as the current snapshot unless a newer one is already saved (a
-    /// snapshot installed from the leader while this one was being built).
-    async fn save_snapshot(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<()> {
-        let saved: Option<SnapshotMeta> = Self::get(&self.snapshot, SNAPSHOT_META)?;
-        if saved.is_some_and(|saved| saved.last_log_id > meta.last_log_id) {
-            return Ok(());
+    fn current_snapshot(&self) -> Result<Option<(SnapshotMeta, PathBuf)>> {
+        let meta: Option<SnapshotMeta> = Self::get(&self.snapshot, SNAPSHOT_META)?;
+        let file: Option<String> = Self::get(&self.snapshot, SNAPSHOT_FILE)?;
+        Ok(meta.zip(file).map(|(meta, file)| (meta, self.dir.join(file))))
+    }
+
+    /// Makes the complete file `path` the current snapshot unless a newer one is already saved (a
+    /// snapshot installed from the leader while this one was being built). Older files go.
+    async fn save_snapshot(&self, meta: &SnapshotMeta, path: &Path) -> Result<bool> {
+        let current = self.current_snapshot()?;
+        if current.as_ref().is_some_and(|(saved, _)| saved.last_log_id > meta.last_log_id) {
+            let _ = std::fs::remove_file(path);
+            return Ok(false);
         }
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let mut batch = sled::Batch::default();
         batch.insert(SNAPSHOT_META, encode("snapshot meta", meta)?);
-        batch.insert(SNAPSHOT_DATA, data);
+        batch.insert(SNAPSHOT_FILE, encode("snapshot file", &name)?);
         self.snapshot.apply_batch(batch)?;
         self.snapshot.flush_async().await?;
-        Ok(())
+        // A reader still streaming the old file keeps it open; unlinking does not disturb it.
+        if let Some((_, old)) = current.filter(|(_, old)| old != path) {
+            let _ = std::fs::remove_file(old);
+        }
+        Ok(true)
     }
 
     /// Writes the events of one `apply` call with the new last-applied position, atomically.
@@ -211,10 +251,16 @@ impl Trees {
         Ok(())
     }
 
-    /// Rebuilds what was applied: the last snapshot, then every event logged after it.
-    fn load(&self) -> Result<Applied> {
+    /// Rebuilds what was applied: the last snapshot's state, then every event logged after it.
+    /// Finishes an interrupted snapshot install first.
+    async fn load(&self) -> Result<Applied> {
+        let last_applied: Option<LogId> = Self::get(&self.meta, LAST_APPLIED)?.flatten();
         let mut applied = match self.current_snapshot()? {
-            Some((_, data)) => decode_snapshot(&data)?,
+            Some((meta, path)) if meta.last_log_id > last_applied => {
+                tracing::warn!(%meta, "an interrupted snapshot install: importing its ledger again");
+                return self.import(&meta, path).await;
+            }
+            Some((_, path)) => blocking(move || Ok(snapshot::Reader::open(&path)?.0)).await?,
             None => Applied::default(),
         };
         let from = applied.last_applied.map_or(0, |id| id.index + 1);
@@ -223,9 +269,6 @@ impl Trees {
             let event: Event = decode("event", &value)?;
             applied.state.apply(&event);
         }
-        // The meta tree is written with the events, so it is at least as new as the snapshot,
-        // except after a crash in the middle of installing a snapshot (see `install`).
-        let last_applied: Option<LogId> = Self::get(&self.meta, LAST_APPLIED)?.flatten();
         if last_applied >= applied.last_applied {
             applied.last_applied = last_applied;
             if let Some(membership) = Self::get(&self.meta, MEMBERSHIP)? {
@@ -235,38 +278,65 @@ impl Trees {
         Ok(applied)
     }
 
-    /// Makes an installed snapshot the whole truth: the snapshot first, then the last-applied
-    /// position, then the events (which the snapshot does not carry yet: the ledger-carrying
-    /// snapshot is issue C). A crash in between leaves a snapshot newer than the meta and events,
-    /// which `load` prefers.
-    async fn install(&self, meta: &SnapshotMeta, data: &[u8], applied: &Applied) -> Result<()> {
-        self.save_snapshot(meta, data).await?;
-        self.save_applied(&sled::Batch::default(), applied)?;
-        self.events.clear()?;
+    /// Makes the snapshot file at `path` the whole truth: its meta is saved first (so a crash
+    /// from here on redoes the import on open), then the ledger is replaced by the file's events,
+    /// then the applied position moves.
+    async fn import(&self, meta: &SnapshotMeta, path: PathBuf) -> Result<Applied> {
+        self.save_snapshot(meta, &path).await?;
+        let events = self.events.clone();
+        let reader_path = path.clone();
+        let mut installed = blocking(move || {
+            let (applied, mut reader) = snapshot::Reader::open(&reader_path)?;
+            events.clear()?;
+            let mut batch = sled::Batch::default();
+            let mut in_batch = 0;
+            while let Some((key, value)) = reader.next_record()? {
+                batch.insert(key, value);
+                in_batch += 1;
+                if in_batch == IMPORT_BATCH {
+                    events.apply_batch(std::mem::take(&mut batch))?;
+                    in_batch = 0;
+                }
+            }
+            events.apply_batch(batch)?;
+            Ok(applied)
+        })
+        .await?;
+        installed.last_applied = meta.last_log_id;
+        installed.membership = meta.last_membership.clone();
+        self.save_applied(&sled::Batch::default(), &installed)?;
         self.events.flush_async().await?;
-        Ok(())
+        Ok(installed)
     }
 }
 
 impl StateMachine {
-    /// Opens (or creates) the state machine's trees in `db` and rebuilds the state from them.
+    /// Opens (or creates) the state machine's trees in `db`, with snapshot files in
+    /// `snapshot_dir`, and rebuilds the state from them.
     ///
     /// # Errors
     ///
-    /// sled failed, or a stored snapshot or event does not decode.
-    pub fn open(db: &sled::Db) -> Result<Self> {
-        let trees = Trees::open(db)?;
-        let applied = trees.load()?;
+    /// sled or the directory failed, or a stored snapshot or event does not decode.
+    pub async fn open(db: &sled::Db, snapshot_dir: impl Into<PathBuf>) -> Result<Self> {
+        let store = Store::open(db, snapshot_dir.into())?;
+        store.remove_partial_files();
+        let applied = store.load().await?;
         tracing::info!(last_applied = ?applied.last_applied, "state machine opened");
         Ok(Self {
             applied: Arc::new(RwLock::new(applied)),
-            trees,
+            store,
+            receiving: None,
         })
     }
 
     /// The applied state, for readers outside Raft.
     pub fn applied(&self) -> SharedApplied {
         Arc::clone(&self.applied)
+    }
+
+    /// The ledger: every event, keyed by [`event_key`].
+    pub fn events(&self) -> sled::Tree {
+        self.store.events.clone()
     }
 
     async fn apply_entries(&mut self, entries: impl IntoIterator<Item = Entry>) -> Result<Vec<Outcome>> {
@@ -305,39 +375,93 @@ impl StateMachine {
         }
         // A failure here leaves the in-memory state ahead of sled; openraft then stops the
         // replica, and a restart rebuilds from what sled has.
-        self.trees.save_applied(&events, &applied)?;
+        self.store.save_applied(&events, &applied)?;
         Ok(outcomes)
     }
 
-    async fn install(&mut self, meta: &SnapshotMeta, data: Vec<u8>) -> Result<()> {
-        let mut installed = decode_snapshot(&data)?;
-        installed.last_applied = meta.last_log_id;
-        installed.membership = meta.last_membership.clone();
+    async fn begin_receiving(&mut self) -> Result<tokio::fs::File> {
+        if let Some(old) = self.receiving.take() {
+            let _ = std::fs::remove_file(snapshot::part_path(&old));
+        }
+        let path = self.store.new_file("received");
+        let part = snapshot::part_path(&path);
+        let file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&part)
+            .await
+            .map_err(|source| SnapshotError::Io { path: part, source })?;
+        self.receiving = Some(path);
+        Ok(file)
+    }
+
+    /// Installs the snapshot in `file`. The data is copied from the handle itself (rewound)
+    /// into a new file rather than trusted to be the one `begin_receiving` created: the handle
+    /// is what openraft gives back, and that is all the contract says.
+    async fn install(&mut self, meta: &SnapshotMeta, mut file: tokio::fs::File) -> Result<()> {
+        if let Some(receiving) = self.receiving.take() {
+            let _ = tokio::fs::remove_file(snapshot::part_path(&receiving)).await;
+        }
+        let path = self.store.new_file("installed");
+        let part = snapshot::part_path(&path);
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| SnapshotError::Io { path, source }
+        };
+        tokio::io::AsyncSeekExt::rewind(&mut file).await.map_err(io(&part))?;
+        let mut copy = tokio::fs::File::create(&part).await.map_err(io(&part))?;
+        tokio::io::copy(&mut file, &mut copy).await.map_err(io(&part))?;
+        copy.sync_all().await.map_err(io(&part))?;
+        drop((file, copy));
+        let sealed = path.clone();
+        blocking(move || Ok(snapshot::seal(&part, &sealed)?)).await?;
         let mut applied = self.applied.write().await;
-        self.trees.install(meta, &data, &installed).await?;
+        let installed = self.store.import(meta, path).await?;
+        tracing::info!(%meta, "snapshot installed with its ledger");
         *applied = installed;
         Ok(())
     }
 
-    fn current_snapshot(&self) -> Result<Option<Snapshot>> {
-        Ok(self.trees.current_snapshot()?.map(|(meta, data)| Snapshot {
+    async fn current_snapshot(&self) -> Result<Option<Snapshot>> {
+        let Some((meta, path)) = self.store.current_snapshot()? else {
+            return Ok(None);
+        };
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|source| SnapshotError::Io { path, source })?;
+        Ok(Some(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data)),
+            snapshot: Box::new(file),
         }))
     }
 }
 
+impl Store {
+    /// Removes `.part` files left by a crash while writing or receiving a snapshot.
+    fn remove_partial_files(&self) {
+        let Ok(entries) = std::fs::read_dir(&*self.dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().ends_with(".part") {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+}
+
 /// Builds a snapshot of the state as it was when [`RaftStateMachine::get_snapshot_builder`] was
-/// called, and saves it as the current snapshot.
+/// called, with the ledger up to that point, and saves it as the current snapshot.
 #[derive(Debug)]
 pub struct SnapshotBuilder {
     applied: Applied,
-    trees: Trees,
+    store: Store,
 }
 
 impl SnapshotBuilder {
     async fn build(&self) -> Result<Snapshot> {
-        let data = encode_snapshot(&self.applied)?;
         let snapshot_id = match &self.applied.last_applied {
             Some(id) => format!("{}-{}", id.leader_id, id.index),
             None => "empty".to_owned(),
@@ -347,11 +471,26 @@ impl SnapshotBuilder {
             last_membership: self.applied.membership.clone(),
             snapshot_id,
         };
-        self.trees.save_snapshot(&meta, &data).await?;
-        tracing::info!(%meta, bytes = data.len(), "snapshot built");
+        let path = self.store.new_file("built");
+        let applied = self.applied.clone();
+        let events = self.store.events.clone();
+        let target = path.clone();
+        // Events up to last_applied never change, so reading them while later entries are
+        // applied is safe.
+        let count = blocking(move || {
+            let end = applied.last_applied.map_or(0, |id| id.index + 1);
+            Ok(snapshot::write(&target, &applied, events.range(..event_key(end, 0)))?)
+        })
+        .await?;
+        self.store.save_snapshot(&meta, &path).await?;
+        let bytes = std::fs::metadata(&path).map_or(0, |m| m.len());
+        tracing::info!(%meta, events = count, bytes, "snapshot built");
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|source| SnapshotError::Io { path, source })?;
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data)),
+            snapshot: Box::new(file),
         })
     }
 }
@@ -385,26 +524,26 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
         SnapshotBuilder {
             applied: self.applied.read().await.clone(),
-            trees: self.trees.clone(),
+            store: self.store.clone(),
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        self.begin_receiving()
+            .await
+            .map(Box::new)
+            .map_err(|e| e.storage(ErrorSubject::Snapshot(None), ErrorVerb::Write))
     }
 
-    async fn install_snapshot(
-        &mut self,
-        meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
-    ) -> Result<(), StorageError> {
-        self.install(meta, snapshot.into_inner())
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<tokio::fs::File>) -> Result<(), StorageError> {
+        self.install(meta, *snapshot)
             .await
             .map_err(|e| e.storage(ErrorSubject::Snapshot(Some(meta.signature())), ErrorVerb::Write))
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
         self.current_snapshot()
+            .await
             .map_err(|e| e.storage(ErrorSubject::Snapshot(None), ErrorVerb::Read))
     }
 }

@@ -2,8 +2,6 @@
 //! answers (an [`Outcome`]). Everything else in the server names these aliases, so openraft's
 //! generic types stay inside `raft/`.
 
-use std::io::Cursor;
-
 use ipam_core::Command;
 use ipam_core::CommandBody;
 use ipam_core::DomainError;
@@ -24,7 +22,7 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = tokio::fs::File,
         AsyncRuntime = openraft::TokioRuntime,
 );
 
