@@ -7,8 +7,8 @@
 //!              u32 be  version (1)
 //!              u64 be  header length  ─┐
 //!              cbor(Applied)          ◀┘ last_applied, membership, state
-//!   records    [12-byte event key][u32 be length][json(Event)]    ledger order (key order)
-//!   trailer    [12 × 0xFF][u32 be 8][u64 be number of records]    absent = truncated file
+//!   records    [u64 be seq][u32 be length][json(Event)]    ledger order
+//!   trailer    [8 × 0xFF][u32 be 8][u64 be number of records]    absent = truncated file
 //! ```
 //!
 //! Files are written under a `.part` name, synced, then renamed, so a file with the final name
@@ -26,7 +26,7 @@ use crate::raft::state_machine::Applied;
 
 const MAGIC: &[u8; 8] = b"IPAMSNAP";
 const VERSION: u32 = 1;
-const KEY_LEN: usize = 12;
+const KEY_LEN: usize = 8;
 const TRAILER_KEY: [u8; KEY_LEN] = [0xFF; KEY_LEN];
 
 /// Why a snapshot file could not be written or read.
@@ -266,7 +266,7 @@ mod tests {
     fn events(n: u32) -> Vec<sled::Result<(sled::IVec, sled::IVec)>> {
         (0..n)
             .map(|i| {
-                let key = crate::raft::state_machine::event_key(u64::from(i) + 1, 0);
+                let key = crate::raft::state_machine::event_key(u64::from(i) + 1);
                 Ok((sled::IVec::from(&key[..]), sled::IVec::from(format!("{{\"n\":{i}}}").as_bytes())))
             })
             .collect()
@@ -284,7 +284,7 @@ mod tests {
         assert_eq!(read, applied);
         let mut n = 0;
         while let Some((key, value)) = reader.next_record().unwrap_or_else(|e| panic!("{e}")) {
-            assert_eq!(key, crate::raft::state_machine::event_key(n + 1, 0).to_vec());
+            assert_eq!(key, crate::raft::state_machine::event_key(n + 1).to_vec());
             assert_eq!(value, format!("{{\"n\":{n}}}").into_bytes());
             n += 1;
         }

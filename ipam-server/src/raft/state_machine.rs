@@ -10,7 +10,8 @@
 //!   state.apply(event) for each event ─────────▶ Outcome(reply)
 //!        │
 //!        ▼  one sled transaction per `apply` call:
-//!   tree "events"       be_u64(index) ++ be_u32(position) ──▶ json(Event)     (the ledger)
+//!   tree "events"       be_u64(seq) ──▶ json(Event { index, at, actor, kind })   (the ledger;
+//!                       seq: 1, 2, 3 … gapless, the same on every replica)
 //!   tree "sm_meta"      "last_applied", "membership"
 //!
 //!   tree "sm_snapshot"  "meta" ──▶ json(SnapshotMeta), "file" ──▶ its file name
@@ -82,6 +83,12 @@ pub enum StateMachineError {
     /// A stored value does not decode, or a value does not encode.
     #[error(transparent)]
     Codec(#[from] CodecError),
+    /// An event key in the ledger is not a sequence number.
+    #[error("an event key of {len} bytes in the ledger (sequence numbers are 8)")]
+    EventKey {
+        /// Its length.
+        len: usize,
+    },
     /// A snapshot file could not be written or read.
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
@@ -96,12 +103,6 @@ pub enum StateMachineError {
     /// A blocking task (snapshot file work) did not finish.
     #[error("snapshot task failed: {0}")]
     Task(String),
-    /// One command produced more events than an event key can number.
-    #[error("the command at log index {index} produced more than 2^32 events")]
-    TooManyEvents {
-        /// The command's log index.
-        index: u64,
-    },
 }
 
 /// `Result` with [`StateMachineError`].
@@ -133,6 +134,14 @@ fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T> {
     Ok(codec::decode(what, bytes)?)
 }
 
+/// The sequence number in an event key.
+fn seq_of(key: &[u8]) -> Result<u64> {
+    let bytes: [u8; 8] = key
+        .try_into()
+        .map_err(|_| StateMachineError::EventKey { len: key.len() })?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
 /// Runs blocking file work off the async workers.
 async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(work)
@@ -140,13 +149,11 @@ async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T> + Send + '
         .map_err(|e| StateMachineError::Task(e.to_string()))?
 }
 
-/// The key of an event: its command's log index, then its position among that command's events,
-/// both big-endian so that sled's byte order is ledger order.
-pub fn event_key(index: u64, position: u32) -> [u8; 12] {
-    let mut key = [0; 12];
-    key[..8].copy_from_slice(&index.to_be_bytes());
-    key[8..].copy_from_slice(&position.to_be_bytes());
-    key
+/// The key of an event: its sequence number in the ledger, big-endian so that sled's byte order
+/// is ledger order. Sequence numbers start at 1 and have no gaps; every replica numbers the same
+/// events the same way because it applies the same log.
+pub fn event_key(seq: u64) -> [u8; 8] {
+    seq.to_be_bytes()
 }
 
 /// What the state machine has applied; also the header of a snapshot.
@@ -154,6 +161,8 @@ pub fn event_key(index: u64, position: u32) -> [u8; 12] {
 pub struct Applied {
     /// The last entry applied.
     pub last_applied: Option<LogId>,
+    /// The sequence number of the last event in the ledger (0: none yet).
+    pub last_seq: u64,
     /// The last membership config applied.
     pub membership: StoredMembership,
     /// The domain state after `last_applied`.
@@ -263,11 +272,11 @@ impl Store {
             Some((_, path)) => blocking(move || Ok(snapshot::Reader::open(&path)?.0)).await?,
             None => Applied::default(),
         };
-        let from = applied.last_applied.map_or(0, |id| id.index + 1);
-        for kv in self.events.range(event_key(from, 0)..) {
-            let (_, value) = kv?;
+        for kv in self.events.range(event_key(applied.last_seq + 1)..) {
+            let (key, value) = kv?;
             let event: Event = decode("event", &value)?;
             applied.state.apply(&event);
+            applied.last_seq = seq_of(&key)?;
         }
         if last_applied >= applied.last_applied {
             applied.last_applied = last_applied;
@@ -355,10 +364,9 @@ impl StateMachine {
                     let command = proposal.into_command(index);
                     match decide(&applied.state, &command) {
                         Ok(decision) => {
-                            for (position, event) in decision.events.iter().enumerate() {
-                                let position =
-                                    u32::try_from(position).map_err(|_| StateMachineError::TooManyEvents { index })?;
-                                events.insert(&event_key(index, position), encode("event", event)?);
+                            for event in &decision.events {
+                                applied.last_seq += 1;
+                                events.insert(&event_key(applied.last_seq), encode("event", event)?);
                                 applied.state.apply(event);
                             }
                             Outcome::from(Ok(decision.reply))
@@ -475,11 +483,11 @@ impl SnapshotBuilder {
         let applied = self.applied.clone();
         let events = self.store.events.clone();
         let target = path.clone();
-        // Events up to last_applied never change, so reading them while later entries are
-        // applied is safe.
+        // Events up to last_seq never change, so reading them while later entries are applied
+        // is safe.
         let count = blocking(move || {
-            let end = applied.last_applied.map_or(0, |id| id.index + 1);
-            Ok(snapshot::write(&target, &applied, events.range(..event_key(end, 0)))?)
+            let end = event_key(applied.last_seq);
+            Ok(snapshot::write(&target, &applied, events.range(..=end))?)
         })
         .await?;
         self.store.save_snapshot(&meta, &path).await?;
