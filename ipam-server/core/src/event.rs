@@ -9,10 +9,12 @@ use serde::Serialize;
 
 use crate::cidr::Ipv4Cidr;
 use crate::command::NodeSpec;
+use crate::command::Owner;
 use crate::command::ReleaseReason;
 use crate::command::SubnetConfigSpec;
 use crate::ids::Actor;
 use crate::ids::EniRef;
+use crate::ids::LeaseId;
 use crate::ids::LogIndex;
 use crate::ids::RequestId;
 use crate::ids::Timestamp;
@@ -303,5 +305,228 @@ impl EventKind {
             Self::IpReleased { .. } => "IpReleased",
             Self::IpCooled { .. } => "IpCooled",
         }
+    }
+}
+
+/// What an event touches: the keys the ledger finds it by (an address, a pod, a node, an ENI, a
+/// security group) and the cause an auditor reads. One function, so that the audit API, the
+/// ledger's indexes and the tests that replay events agree on what "the history of X" means.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Touches<'a> {
+    /// The addresses.
+    pub ips: Vec<Ipv4Addr>,
+    /// The node.
+    pub node: Option<&'a str>,
+    /// The pod (namespace, name, uid) and its attachment.
+    pub owner: Option<&'a Owner>,
+    /// The server's handle of the ENI.
+    pub eni: Option<EniRef>,
+    /// EC2's id of the ENI.
+    pub eni_id: Option<&'a str>,
+    /// The lease.
+    pub lease_id: Option<LeaseId>,
+    /// The security groups.
+    pub security_groups: &'a [String],
+    /// Why it happened, in snake_case: a release's reason, or the kind of change.
+    pub cause: &'static str,
+}
+
+impl ReleaseReason {
+    /// The reason in snake_case, as the audit API spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::CniDel => "cni_del",
+            Self::Gc => "gc",
+            Self::Expired => "expired",
+            Self::Operator => "operator",
+            Self::NodeRemoved => "node_removed",
+            Self::Reconcile => "reconcile",
+        }
+    }
+}
+
+impl ReturnReason {
+    /// The reason in snake_case, as the audit API spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PlanFailed => "plan_failed",
+            Self::Unassigned => "unassigned",
+            Self::EniDeleted => "eni_deleted",
+            Self::NodeRemoved => "node_removed",
+        }
+    }
+}
+
+impl EventKind {
+    /// The keys this event touches and its cause.
+    pub fn touches(&self) -> Touches<'_> {
+        let mut t = Touches::default();
+        match self {
+            Self::PoolCreated { .. } => t.cause = "create_pool",
+            Self::SubnetConfigUpserted(spec) => {
+                t.security_groups = &spec.security_groups;
+                t.cause = "upsert_subnet_config";
+            }
+            Self::SubnetConfigDeleted { .. } => t.cause = "delete_subnet_config",
+            Self::SgPolicyUpserted(policy) => {
+                t.security_groups = &policy.security_groups;
+                t.cause = "upsert_sg_policy";
+            }
+            Self::SgPolicyDeleted { .. } => t.cause = "delete_sg_policy",
+            Self::SettingsUpdated(_) => t.cause = "update_settings",
+            Self::NodeRegistered { spec, .. } => {
+                t.node = Some(&spec.name);
+                t.cause = "register_node";
+            }
+            Self::NodeHeartbeat { node, .. } => {
+                t.node = Some(node);
+                t.cause = "heartbeat";
+            }
+            Self::NodeExpired { node } => {
+                t.node = Some(node);
+                t.cause = "expired";
+            }
+            Self::NodeRemoved { node } => {
+                t.node = Some(node);
+                t.cause = "remove_node";
+            }
+            Self::EniPlanned { node, plan, .. } => {
+                t.node = Some(node);
+                t.eni = Some(plan.eni);
+                t.ips = std::iter::once(plan.primary_ip)
+                    .chain(plan.ips.iter().copied())
+                    .collect();
+                t.security_groups = &plan.security_groups;
+                t.cause = "plan_eni";
+            }
+            Self::EniAttached { node, eni, eni_id, .. } => {
+                t.node = Some(node);
+                t.eni = Some(*eni);
+                t.eni_id = Some(eni_id);
+                t.cause = "report_eni_attached";
+            }
+            Self::EniPlanFailed { node, eni, .. } => {
+                t.node = Some(node);
+                t.eni = Some(*eni);
+                t.cause = "report_eni_failed";
+            }
+            Self::EniDetaching { node, eni, .. } => {
+                t.node = Some(node);
+                t.eni = Some(*eni);
+                t.cause = "plan_eni_detach";
+            }
+            Self::EniDetached { node, eni, eni_id } => {
+                t.node = Some(node);
+                t.eni = Some(*eni);
+                t.eni_id = eni_id.as_deref();
+                t.cause = "report_eni_detached";
+            }
+            Self::IpsPlanned { node, eni, ips, .. } => {
+                (t.node, t.eni, t.ips, t.cause) = (Some(node.as_str()), Some(*eni), ips.clone(), "plan_ips");
+            }
+            Self::IpsAssigned { node, eni, ips } => {
+                (t.node, t.eni, t.ips, t.cause) = (Some(node.as_str()), Some(*eni), ips.clone(), "report_ips_assigned");
+            }
+            Self::IpsDraining { node, eni, ips, .. } => {
+                (t.node, t.eni, t.ips, t.cause) = (Some(node.as_str()), Some(*eni), ips.clone(), "drain_ips");
+            }
+            Self::IpsReturned { node, eni, ips, reason } => {
+                (t.node, t.eni, t.ips, t.cause) = (Some(node.as_str()), Some(*eni), ips.clone(), reason.as_str());
+            }
+            Self::IpQuarantined { ip, node, eni, .. } => {
+                (t.node, t.eni, t.ips, t.cause) = (Some(node.as_str()), Some(*eni), vec![*ip], "quarantine");
+            }
+            Self::IpUnquarantined { ip, .. } => {
+                t.ips = vec![*ip];
+                t.cause = "unquarantine";
+            }
+            Self::IpBound { lease, .. } => {
+                lease_touches(&mut t, lease);
+                t.cause = "bind";
+            }
+            Self::IpReleased { lease, reason, .. } => {
+                lease_touches(&mut t, lease);
+                t.cause = reason.as_str();
+            }
+            Self::IpCooled { target, .. } => {
+                t.cause = "cooldown";
+                match target {
+                    CoolingTarget::Slot { node, eni, ip } => {
+                        (t.node, t.eni, t.ips) = (Some(node.as_str()), Some(*eni), vec![*ip]);
+                    }
+                    CoolingTarget::Subnet { ip, .. } => t.ips = vec![*ip],
+                }
+            }
+        }
+        t
+    }
+}
+
+fn lease_touches<'a>(t: &mut Touches<'a>, lease: &'a Lease) {
+    t.ips = vec![lease.ip];
+    t.node = Some(&lease.node);
+    t.owner = Some(&lease.owner);
+    t.eni = Some(lease.eni);
+    t.eni_id = Some(&lease.eni_id);
+    t.lease_id = Some(lease.id);
+    t.security_groups = &lease.security_groups;
+}
+
+#[cfg(test)]
+mod touches_tests {
+    use super::*;
+
+    fn lease() -> Lease {
+        Lease {
+            id: 42,
+            ip: Ipv4Addr::new(100, 64, 3, 48),
+            node: "node-a".to_owned(),
+            instance_id: "i-0abc".to_owned(),
+            eni: 7,
+            eni_id: "eni-0abc".to_owned(),
+            vlan: None,
+            security_groups: vec!["sg-1".to_owned()],
+            owner: Owner {
+                namespace: "default".to_owned(),
+                name: "web-0".to_owned(),
+                uid: "uid-1".to_owned(),
+                container_id: "c1".to_owned(),
+                ifname: "eth0".to_owned(),
+            },
+            bound_at: 1,
+        }
+    }
+
+    #[test]
+    fn a_binding_and_its_release_touch_the_address_pod_node_eni_and_lease() {
+        let bound = EventKind::IpBound {
+            lease: lease(),
+            request_id: None,
+        };
+        let t = bound.touches();
+        assert_eq!(t.ips, vec![Ipv4Addr::new(100, 64, 3, 48)]);
+        assert_eq!(t.node, Some("node-a"));
+        assert_eq!(t.owner.map(|o| o.name.as_str()), Some("web-0"));
+        assert_eq!(
+            (t.eni, t.eni_id, t.lease_id, t.cause),
+            (Some(7), Some("eni-0abc"), Some(42), "bind")
+        );
+        assert_eq!(t.security_groups, ["sg-1".to_owned()]);
+        let released = EventKind::IpReleased {
+            lease: lease(),
+            reason: ReleaseReason::Expired,
+            cooling_until: 0,
+            request_id: None,
+        };
+        assert_eq!(released.touches().cause, "expired");
+        let cooled = EventKind::IpCooled {
+            until: 5,
+            target: CoolingTarget::Subnet {
+                subnet_id: "subnet-1".to_owned(),
+                ip: Ipv4Addr::new(100, 64, 3, 48),
+            },
+        };
+        assert_eq!(cooled.touches().ips, vec![Ipv4Addr::new(100, 64, 3, 48)]);
+        assert_eq!(cooled.touches().node, None);
     }
 }

@@ -48,7 +48,9 @@
 //!   non-empty result makes the branch provider create a branch ENI with exactly those groups
 //!   (Fargate: a comma-joined annotation).
 //! * Group ids are not validated anywhere in the controller or the CRD schema (the sample file even
-//!   carries `sg-f7990sfng33684fad`, which is not hex); EC2 rejects malformed ids. Label selectors
+//!   carries `sg-f7990sfng33684fad`, which is not hex, and the seed uses `example_sg`); EC2 rejects
+//!   unknown ids when the branch ENI is created. We accept what the CRD accepts, minus strings
+//!   that cannot be an id at all (empty, spaces, control characters, over 255 bytes). Label selectors
 //!   are not validated by the API server either (the CRD schema checks only JSON types).
 //! * The CRD had `MaxItems=5` on `groupIds` until commit `4d30ef7` (2025-08-01) removed it. The
 //!   README says several policies may together give more than 5 groups, but that the EC2 quota
@@ -205,8 +207,8 @@ pub enum PolicyError {
     },
     /// A security group id is not of EC2's form.
     #[error(
-        "invalid security group id {id:?}; a security group id is 'sg-' followed by 8 or 17 lowercase \
-         hexadecimal digits (e.g. 'sg-0123456789abcdef0')"
+        "invalid security group id {id:?}: use 1 to 255 printable characters without spaces \
+         (normally EC2's form, e.g. 'sg-0123456789abcdef0')"
     )]
     InvalidSecurityGroupId {
         /// The id as written.
@@ -541,10 +543,14 @@ fn check_label_value(key: &str, value: &str) -> Result<(), PolicyError> {
     }
 }
 
+/// A security group reference as the AWS CRDs take it: any string the API server would store
+/// (their schemas set no pattern), here 1 to 255 printable ASCII characters without spaces. Not
+/// only EC2's `sg-` + 8/17 hex form: manifests in the wild (the VPC resource controller's own
+/// samples, the seed's `example_sg`) use placeholders, and refusing them here would refuse
+/// manifests AWS accepts. A reference EC2 does not know fails where AWS's fails: at the EC2 call
+/// that uses it (the agent reports the ENI failed, with EC2's message).
 pub(crate) fn check_security_group_id(id: &str) -> Result<(), PolicyError> {
-    let well_formed = id.strip_prefix("sg-").is_some_and(|hex| {
-        matches!(hex.len(), 8 | 17) && hex.bytes().all(|byte| matches!(byte, b'0'..=b'9' | b'a'..=b'f'))
-    });
+    let well_formed = (1..=255).contains(&id.len()) && id.bytes().all(|byte| byte.is_ascii_graphic());
     if well_formed {
         Ok(())
     } else {
@@ -907,12 +913,12 @@ mod tests {
     #[test]
     fn malformed_group_id_of_a_matching_policy_is_an_error_of_a_non_matching_one_is_not() {
         let target = pod(&[("app", "web")], &[]);
-        let bad = policy("bad", Some(match_labels(&[("app", "web")])), None, &["sg-zz", SG_A]);
+        let bad = policy("bad", Some(match_labels(&[("app", "web")])), None, &["sg zz", SG_A]);
         assert_eq!(
             security_groups_for([&bad], &target),
-            Err(PolicyError::InvalidSecurityGroupId { id: "sg-zz".to_owned() })
+            Err(PolicyError::InvalidSecurityGroupId { id: "sg zz".to_owned() })
         );
-        let bad_elsewhere = policy("bad", Some(match_labels(&[("app", "api")])), None, &["sg-zz"]);
+        let bad_elsewhere = policy("bad", Some(match_labels(&[("app", "api")])), None, &["sg zz"]);
         let good = policy("good", Some(match_labels(&[("app", "web")])), None, &[SG_A]);
         assert_eq!(
             security_groups_for([&bad_elsewhere, &good], &target),
@@ -1033,21 +1039,17 @@ mod tests {
 
     #[test]
     fn security_group_ids() {
-        for id in ["sg-12345678", "sg-0123456789abcdef0", "sg-abcdef01"] {
-            assert_eq!(check_security_group_id(id), Ok(()), "{id:?} should be valid");
-        }
-        // The second is the (malformed) id of the controller's own sample file.
+        // EC2's form, and the placeholders of real manifests (the seed's, the controller's sample).
         for id in [
-            "",
-            "sg-",
-            "sg-1234567",
-            "sg-123456789",
+            "sg-12345678",
+            "sg-0123456789abcdef0",
+            "example_sg",
             "sg-f7990sfng33684fad",
-            "sg-0123456789ABCDEF0",
-            "SG-12345678",
-            "sgr-12345678",
-            " sg-12345678",
         ] {
+            assert_eq!(check_security_group_id(id), Ok(()), "{id:?} should be accepted");
+        }
+        let long = "s".repeat(256);
+        for id in ["", " sg-12345678", "sg 1", "sg-1\n", "sg-\u{e9}", long.as_str()] {
             assert_eq!(
                 check_security_group_id(id),
                 Err(PolicyError::InvalidSecurityGroupId { id: id.to_owned() }),
@@ -1139,11 +1141,11 @@ mod tests {
         );
 
         let mut p = good.clone();
-        p.security_groups.push("sg-nothex!".to_owned());
+        p.security_groups.push("sg-not an id".to_owned());
         assert_eq!(
             p.validate(),
             Err(PolicyError::InvalidSecurityGroupId {
-                id: "sg-nothex!".to_owned()
+                id: "sg-not an id".to_owned()
             })
         );
 
@@ -1168,8 +1170,8 @@ mod tests {
         assert!(message.contains("\"env\"") && message.contains("NotIn") && message.contains("at least one value"));
         let message = PolicyError::TooManySecurityGroups { count: 6, max: 5 }.to_string();
         assert!(message.contains('6') && message.contains("at most 5"));
-        let message = PolicyError::InvalidSecurityGroupId { id: "sg-x".to_owned() }.to_string();
-        assert!(message.contains("8 or 17"));
+        let message = PolicyError::InvalidSecurityGroupId { id: "sg x".to_owned() }.to_string();
+        assert!(message.contains("printable characters without spaces"));
         let message = PolicyError::NoSelector {
             namespace: "ns".to_owned(),
             name: "p".to_owned(),

@@ -180,6 +180,7 @@ mod tests {
             security_groups(&g(6), 1),
             Err(DomainError::SecurityGroupCount { count: 6, .. })
         ));
-        assert!(security_groups(&["sg-xyz".to_owned()], 0).is_err());
+        assert!(security_groups(&["sg xyz".to_owned()], 0).is_err());
+        assert!(security_groups(&["example_sg".to_owned()], 1).is_ok());
     }
 }

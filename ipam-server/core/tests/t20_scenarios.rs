@@ -26,7 +26,7 @@ use ipam_core::testing::pod;
 use ipam_core::testing::subnet_config;
 
 const NODE: &str = "ip-192-168-1-10.us-west-2.compute.internal";
-const EXAMPLE_SG: &str = "sg-0123456789abcdef1";
+const EXAMPLE_SG: &str = "example_sg";
 
 fn ok(r: Result<Reply, DomainError>) -> Reply {
     r.unwrap_or_else(|e| panic!("refused: {e}"))
