@@ -210,15 +210,19 @@ impl Replica {
             request_id: envelope.request_id,
             body: envelope.body,
         };
-        let response: ClientWriteResponse<TypeConfig> = self.raft.client_write(proposal).await.map_err(|e| match e {
-            RaftError::APIError(ClientWriteError::ForwardToLeader(to)) => ReplicaError::NotLeader {
-                leader: to.leader_id.zip(to.leader_node).map(|(id, node)| Leader { id, address: node.addr }),
-            },
-            RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
-                ReplicaError::FailedPrecondition(e.to_string())
-            }
-            RaftError::Fatal(fatal) => ReplicaError::Unavailable(format!("replica stopped: {fatal}")),
-        })?;
+        let response: ClientWriteResponse<TypeConfig> =
+            self.raft.client_write(proposal).await.map_err(|e| match e {
+                RaftError::APIError(ClientWriteError::ForwardToLeader(to)) => ReplicaError::NotLeader {
+                    leader: to
+                        .leader_id
+                        .zip(to.leader_node)
+                        .map(|(id, node)| Leader { id, address: node.addr }),
+                },
+                RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+                    ReplicaError::FailedPrecondition(e.to_string())
+                }
+                RaftError::Fatal(fatal) => ReplicaError::Unavailable(format!("replica stopped: {fatal}")),
+            })?;
         response.data.result.map_err(ReplicaError::Refused)
     }
 
@@ -233,11 +237,17 @@ impl Replica {
             self.raft.ensure_linearizable().await.map_err(|e| match e {
                 RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(to)) => {
                     ReplicaError::NotLeader {
-                        leader: to.leader_id.zip(to.leader_node).map(|(id, node)| Leader { id, address: node.addr }),
+                        leader: to
+                            .leader_id
+                            .zip(to.leader_node)
+                            .map(|(id, node)| Leader { id, address: node.addr }),
                     }
                 }
                 RaftError::APIError(openraft::error::CheckIsLeaderError::QuorumNotEnough(e)) => {
-                    ReplicaError::Unavailable(format!("cannot confirm leadership: {e}"))
+                    ReplicaError::Unavailable(format!(
+                        "cannot confirm leadership: only replicas {:?} answered, not a quorum of the voters",
+                        e.got
+                    ))
                 }
                 RaftError::Fatal(fatal) => ReplicaError::Unavailable(format!("replica stopped: {fatal}")),
             })?;
@@ -258,12 +268,18 @@ impl Replica {
             members.into_iter().map(|(id, addr)| (id, Node::new(addr))).collect()
         };
         self.raft.initialize(members).await.map_err(|e| match e {
-            RaftError::APIError(InitializeError::NotAllowed(e)) => {
-                ReplicaError::FailedPrecondition(format!("cluster already initialized: {e}"))
-            }
+            RaftError::APIError(InitializeError::NotAllowed(_)) => ReplicaError::FailedPrecondition(
+                "this replica is already initialized (its log is not empty); use cluster add-learner to grow a cluster"
+                    .to_owned(),
+            ),
             RaftError::APIError(InitializeError::NotInMembers(e)) => ReplicaError::InvalidArgument(e.to_string()),
             RaftError::Fatal(fatal) => ReplicaError::Unavailable(format!("replica stopped: {fatal}")),
         })?;
+        // `initialize` returns once the membership entry is in the log; wait (briefly) until the
+        // metrics show it, so the view answered is the new cluster.
+        let mut metrics = self.raft.metrics();
+        let shown = metrics.wait_for(|m| m.membership_config.membership().get_node(&self.id).is_some());
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), shown).await;
         Ok(self.view())
     }
 
@@ -287,7 +303,9 @@ impl Replica {
     /// Not the leader, or Raft refused the change (e.g. a voter that is not a learner yet).
     pub async fn change_membership(&self, voters: BTreeSet<NodeId>, retain: bool) -> Result<ClusterView> {
         if voters.is_empty() {
-            return Err(ReplicaError::InvalidArgument("the voter set must not be empty".to_owned()));
+            return Err(ReplicaError::InvalidArgument(
+                "the voter set must not be empty".to_owned(),
+            ));
         }
         self.raft
             .change_membership(ChangeMembers::ReplaceAllVoters(voters), retain)
@@ -310,9 +328,12 @@ impl Replica {
                 learners.insert(*id, node.addr.clone());
             }
         }
-        let leader = metrics
-            .current_leader
-            .and_then(|id| membership.get_node(&id).map(|node| Leader { id, address: node.addr.clone() }));
+        let leader = metrics.current_leader.and_then(|id| {
+            membership.get_node(&id).map(|node| Leader {
+                id,
+                address: node.addr.clone(),
+            })
+        });
         let matched = metrics
             .replication
             .as_ref()
@@ -340,7 +361,10 @@ impl Replica {
 fn membership_error(error: RaftError<NodeId, ClientWriteError<NodeId, Node>>) -> ReplicaError {
     match error {
         RaftError::APIError(ClientWriteError::ForwardToLeader(to)) => ReplicaError::NotLeader {
-            leader: to.leader_id.zip(to.leader_node).map(|(id, node)| Leader { id, address: node.addr }),
+            leader: to
+                .leader_id
+                .zip(to.leader_node)
+                .map(|(id, node)| Leader { id, address: node.addr }),
         },
         RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
             ReplicaError::FailedPrecondition(e.to_string())

@@ -24,7 +24,9 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, (sled::Db, TempDir)> for S
         let dir = TempDir::new("t10-suite");
         let db = sled::Config::new().temporary(true).open().map_err(|e| io(&e))?;
         let log = LogStore::open(&db).map_err(|e| io(&e))?;
-        let sm = StateMachine::open(&db, dir.0.join("snapshots")).await.map_err(|e| io(&e))?;
+        let sm = StateMachine::open(&db, dir.0.join("snapshots"))
+            .await
+            .map_err(|e| io(&e))?;
         Ok(((db, dir), log, sm))
     }
 }

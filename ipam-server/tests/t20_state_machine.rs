@@ -366,7 +366,10 @@ async fn an_installed_snapshot_replaces_the_state_and_survives_a_restart() {
     let leader_events = leader_db.open_tree("events").unwrap_or_else(|e| panic!("{e}"));
     let ledger = |tree: &sled::Tree| -> Vec<(Vec<u8>, Vec<u8>)> {
         tree.iter()
-            .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())).unwrap_or_else(|e| panic!("{e}")))
+            .map(|kv| {
+                kv.map(|(k, v)| (k.to_vec(), v.to_vec()))
+                    .unwrap_or_else(|e| panic!("{e}"))
+            })
             .collect()
     };
     assert!(!leader_events.is_empty());
@@ -436,9 +439,17 @@ async fn an_install_interrupted_before_its_ledger_import_is_finished_on_open() {
     drop((events, meta, follower, follower_db));
 
     let (follower_db, follower) = open(&follower_dir).await;
-    assert_eq!(state(&follower).await, leader_state, "the state comes back from the snapshot");
+    assert_eq!(
+        state(&follower).await,
+        leader_state,
+        "the state comes back from the snapshot"
+    );
     let ledger = |db: &sled::Db| -> usize { db.open_tree("events").map_or(0, |tree| tree.len()) };
     assert!(ledger(&leader_db) > 0);
-    assert_eq!(ledger(&follower_db), ledger(&leader_db), "the ledger import was redone on open");
+    assert_eq!(
+        ledger(&follower_db),
+        ledger(&leader_db),
+        "the ledger import was redone on open"
+    );
     drop((follower, follower_db, leader, leader_db));
 }

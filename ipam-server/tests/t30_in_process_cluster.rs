@@ -55,7 +55,7 @@ struct Replica {
     id: NodeId,
     raft: Raft,
     applied: SharedApplied,
-    _db: sled::Db,
+    db: sled::Db,
     _dir: TempDir,
 }
 
@@ -98,7 +98,7 @@ async fn start(router: &Router, config: &Arc<Config>, id: NodeId) -> Replica {
         id,
         raft,
         applied,
-        _db: db,
+        db,
         _dir: dir,
     }
 }
@@ -289,6 +289,7 @@ async fn three_replicas_survive_the_loss_of_their_leader_and_converge() {
 
     // 2. The leader is cut off: the other two elect one of themselves.
     router.isolate(first);
+    let isolated_at = std::time::Instant::now();
     assert!(router.is_isolated(first));
     let rest: Vec<NodeId> = IDS.iter().copied().filter(|id| *id != first).collect();
     let second = until("a new leader", ELECTION, || {
@@ -303,6 +304,14 @@ async fn three_replicas_survive_the_loss_of_their_leader_and_converge() {
     })
     .await;
     assert_ne!(second, first, "the isolated leader cannot be re-elected");
+    // Followers wait one election timeout (300-600 ms here) before campaigning; a split vote
+    // costs another. A generous multiple keeps this a correctness check, not a timing test.
+    let election = isolated_at.elapsed();
+    println!("t30: new leader {second} elected {election:?} after leader {first} was cut off");
+    assert!(
+        election < Duration::from_millis(5 * config.election_timeout_max),
+        "a new leader took {election:?}"
+    );
     assert_eq!(agreed_leader(&replicas, &rest).await, second);
 
     // The old leader cannot commit anything on its own.
@@ -367,6 +376,20 @@ async fn three_replicas_survive_the_loss_of_their_leader_and_converge() {
     for (id, state) in &states {
         assert_eq!(state, reference, "replica {id} diverged from replica {}", states[0].0);
         check_invariants(state).unwrap_or_else(|e| panic!("replica {id}: {e}"));
+    }
+    let ledgers: Vec<Vec<(Vec<u8>, Vec<u8>)>> = replicas
+        .iter()
+        .map(|r| {
+            let events = r.db.open_tree("events").unwrap_or_else(|e| panic!("{e}"));
+            events
+                .iter()
+                .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())).unwrap_or_else(|e| panic!("{e}")))
+                .collect()
+        })
+        .collect();
+    assert!(!ledgers[0].is_empty());
+    for (r, ledger) in replicas.iter().zip(&ledgers) {
+        assert_eq!(ledger, &ledgers[0], "replica {}'s ledger differs from replica {}'s", r.id, replicas[0].id);
     }
     let ips = lease_ips(reference);
     let twice: Vec<_> = ips.iter().filter(|(_, n)| **n > 1).collect();

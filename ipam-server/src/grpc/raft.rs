@@ -79,7 +79,10 @@ impl RaftService for RaftGrpc {
         }))
     }
 
-    async fn install_snapshot(&self, request: Request<Streaming<SnapshotChunk>>) -> Result<Response<RaftReply>, Status> {
+    async fn install_snapshot(
+        &self,
+        request: Request<Streaming<SnapshotChunk>>,
+    ) -> Result<Response<RaftReply>, Status> {
         let mut chunks = request.into_inner();
         let mut header: Option<(Vote, SnapshotMeta)> = None;
         let mut last = None;

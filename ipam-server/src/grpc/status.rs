@@ -65,7 +65,10 @@ mod tests {
             }),
         });
         assert_eq!(status.code(), Code::Unavailable);
-        assert_eq!(status.metadata().get(LEADER_METADATA).map(|v| v.to_str().ok()), Some(Some("127.0.0.2:7400")));
+        assert_eq!(
+            status.metadata().get(LEADER_METADATA).map(|v| v.to_str().ok()),
+            Some(Some("127.0.0.2:7400"))
+        );
         let unknown = replica_status(ReplicaError::NotLeader { leader: None });
         assert!(unknown.metadata().get(LEADER_METADATA).is_none());
         assert!(unknown.message().contains("no leader"), "{}", unknown.message());
@@ -80,7 +83,10 @@ mod tests {
         };
         let status = refusal_status(Refusal::from(&exhausted));
         assert_eq!(status.code(), Code::ResourceExhausted);
-        assert_eq!(status.metadata().get(EXHAUSTED_METADATA).map(|v| v.to_str().ok()), Some(Some("subnet")));
+        assert_eq!(
+            status.metadata().get(EXHAUSTED_METADATA).map(|v| v.to_str().ok()),
+            Some(Some("subnet"))
+        );
         let stale = DomainError::StaleEpoch {
             node: "n".to_owned(),
             given: 1,

@@ -104,22 +104,25 @@ impl Peers {
             .map_err(|e| ReplicaError::InvalidArgument(format!("command does not encode: {e}")))?;
         let mut request = tonic::Request::new(ForwardRequest { command });
         request.set_timeout(FORWARD_TIMEOUT);
-        let reply = RaftServiceClient::new(channel).forward(request).await.map_err(|status| {
-            match status.metadata().get(LEADER_METADATA).and_then(|v| v.to_str().ok()) {
-                Some(address) if status.code() == tonic::Code::Unavailable => ReplicaError::NotLeader {
-                    leader: Some(Leader {
-                        id: 0,
-                        address: address.to_owned(),
-                    }),
+        let reply = RaftServiceClient::new(channel)
+            .forward(request)
+            .await
+            .map_err(
+                |status| match status.metadata().get(LEADER_METADATA).and_then(|v| v.to_str().ok()) {
+                    Some(address) if status.code() == tonic::Code::Unavailable => ReplicaError::NotLeader {
+                        leader: Some(Leader {
+                            id: 0,
+                            address: address.to_owned(),
+                        }),
+                    },
+                    _ => ReplicaError::Unavailable(format!(
+                        "forwarding to the leader (node {} at {}) failed: {}",
+                        leader.id,
+                        leader.address,
+                        status.message()
+                    )),
                 },
-                _ => ReplicaError::Unavailable(format!(
-                    "forwarding to the leader (node {} at {}) failed: {}",
-                    leader.id,
-                    leader.address,
-                    status.message()
-                )),
-            }
-        })?;
+            )?;
         let result: Result<Reply, Refusal> = codec::decode("forwarded reply", &reply.into_inner().reply)
             .map_err(|e| ReplicaError::Unavailable(format!("the leader's reply does not decode: {e}")))?;
         result.map_err(ReplicaError::Refused)
@@ -163,7 +166,11 @@ pub struct PeerConnection {
 #[derive(Debug, thiserror::Error)]
 enum TransportError {
     #[error("peer {target} at {address}: {why}")]
-    Peer { target: NodeId, address: String, why: String },
+    Peer {
+        target: NodeId,
+        address: String,
+        why: String,
+    },
 }
 
 impl PeerConnection {
@@ -187,13 +194,15 @@ impl PeerConnection {
     }
 
     /// Turns a reply payload (a serialized `Result`) into openraft's result.
+    // The error type is the one `RaftNetwork` must return; its size is openraft's.
+    #[allow(clippy::result_large_err)]
     fn decode<T, E>(&self, payload: &[u8]) -> Result<T, RPCError<NodeId, Node, RaftError<NodeId, E>>>
     where
         T: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let result: Result<T, RaftError<NodeId, E>> =
-            codec::decode("raft reply", payload).map_err(|e| RPCError::Network(NetworkError::new(&self.error(e.to_string()))))?;
+        let result: Result<T, RaftError<NodeId, E>> = codec::decode("raft reply", payload)
+            .map_err(|e| RPCError::Network(NetworkError::new(&self.error(e.to_string()))))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 

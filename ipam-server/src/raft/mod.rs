@@ -30,8 +30,8 @@
 pub mod codec;
 pub mod grpc_network;
 pub mod log_store;
-pub mod snapshot;
 pub mod network;
+pub mod snapshot;
 pub mod state_machine;
 pub mod types;
 

@@ -176,7 +176,10 @@ impl Reader {
         }
         let version = read_u32(&mut input, path)?;
         if version != VERSION {
-            return Err(format_error(path, format!("version {version}; this build reads {VERSION}")));
+            return Err(format_error(
+                path,
+                format!("version {version}; this build reads {VERSION}"),
+            ));
         }
         let header_len = read_u64(&mut input, path)?;
         let mut header = (&mut input).take(header_len);
@@ -267,7 +270,10 @@ mod tests {
         (0..n)
             .map(|i| {
                 let key = crate::raft::state_machine::event_key(u64::from(i) + 1);
-                Ok((sled::IVec::from(&key[..]), sled::IVec::from(format!("{{\"n\":{i}}}").as_bytes())))
+                Ok((
+                    sled::IVec::from(&key[..]),
+                    sled::IVec::from(format!("{{\"n\":{i}}}").as_bytes()),
+                ))
             })
             .collect()
     }

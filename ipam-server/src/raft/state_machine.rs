@@ -51,6 +51,7 @@ use serde::de::DeserializeOwned;
 use sled::Transactional;
 use tokio::sync::RwLock;
 
+use crate::ledger::Ledger;
 use crate::raft::codec;
 use crate::raft::codec::CodecError;
 use crate::raft::snapshot;
@@ -177,6 +178,8 @@ pub type SharedApplied = Arc<RwLock<Applied>>;
 pub struct StateMachine {
     applied: SharedApplied,
     store: Store,
+    /// The last event's sequence number, for ledger readers waiting for more.
+    last_seq: tokio::sync::watch::Sender<u64>,
     /// The file a snapshot from the leader is being received into.
     receiving: Option<PathBuf>,
 }
@@ -230,11 +233,17 @@ impl Store {
     /// snapshot installed from the leader while this one was being built). Older files go.
     async fn save_snapshot(&self, meta: &SnapshotMeta, path: &Path) -> Result<bool> {
         let current = self.current_snapshot()?;
-        if current.as_ref().is_some_and(|(saved, _)| saved.last_log_id > meta.last_log_id) {
+        if current
+            .as_ref()
+            .is_some_and(|(saved, _)| saved.last_log_id > meta.last_log_id)
+        {
             let _ = std::fs::remove_file(path);
             return Ok(false);
         }
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let mut batch = sled::Batch::default();
         batch.insert(SNAPSHOT_META, encode("snapshot meta", meta)?);
         batch.insert(SNAPSHOT_FILE, encode("snapshot file", &name)?);
@@ -330,8 +339,10 @@ impl StateMachine {
         let store = Store::open(db, snapshot_dir.into())?;
         store.remove_partial_files();
         let applied = store.load().await?;
-        tracing::info!(last_applied = ?applied.last_applied, "state machine opened");
+        tracing::info!(last_applied = ?applied.last_applied, last_seq = applied.last_seq, "state machine opened");
+        let (last_seq, _) = tokio::sync::watch::channel(applied.last_seq);
         Ok(Self {
+            last_seq,
             applied: Arc::new(RwLock::new(applied)),
             store,
             receiving: None,
@@ -343,9 +354,9 @@ impl StateMachine {
         Arc::clone(&self.applied)
     }
 
-    /// The ledger: every event, keyed by [`event_key`].
-    pub fn events(&self) -> sled::Tree {
-        self.store.events.clone()
+    /// A reader of the ledger.
+    pub fn ledger(&self) -> Ledger {
+        Ledger::new(self.store.events.clone(), self.last_seq.subscribe())
     }
 
     async fn apply_entries(&mut self, entries: impl IntoIterator<Item = Entry>) -> Result<Vec<Outcome>> {
@@ -384,6 +395,7 @@ impl StateMachine {
         // A failure here leaves the in-memory state ahead of sled; openraft then stops the
         // replica, and a restart rebuilds from what sled has.
         self.store.save_applied(&events, &applied)?;
+        self.last_seq.send_replace(applied.last_seq);
         Ok(outcomes)
     }
 
@@ -427,7 +439,8 @@ impl StateMachine {
         blocking(move || Ok(snapshot::seal(&part, &sealed)?)).await?;
         let mut applied = self.applied.write().await;
         let installed = self.store.import(meta, path).await?;
-        tracing::info!(%meta, "snapshot installed with its ledger");
+        tracing::info!(%meta, last_seq = installed.last_seq, "snapshot installed with its ledger");
+        self.last_seq.send_replace(installed.last_seq);
         *applied = installed;
         Ok(())
     }
@@ -543,7 +556,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .map_err(|e| e.storage(ErrorSubject::Snapshot(None), ErrorVerb::Write))
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<tokio::fs::File>) -> Result<(), StorageError> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<tokio::fs::File>,
+    ) -> Result<(), StorageError> {
         self.install(meta, *snapshot)
             .await
             .map_err(|e| e.storage(ErrorSubject::Snapshot(Some(meta.signature())), ErrorVerb::Write))

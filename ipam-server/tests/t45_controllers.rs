@@ -1,0 +1,259 @@
+//! The leader-only controllers on a real server (`server::start`): a node that stops
+//! heartbeating is expired and its lease released with reason `expired`; the released address
+//! cools down and comes back. Seen the way an operator sees it: in the ledger (Export), in
+//! `/metrics`, and on `/readyz`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+use std::time::Instant;
+
+use ipam_proto::ipam::v1 as pb;
+use ipam_proto::ipam::v1::admin_service_client::AdminServiceClient;
+use ipam_proto::ipam::v1::agent_service_client::AgentServiceClient;
+use ipam_proto::ipam::v1::audit_service_client::AuditServiceClient;
+use ipam_server::config::ControllersConfig;
+use ipam_server::config::ServerConfig;
+use ipam_server::server;
+use tokio::io::AsyncReadExt;
+use tokio::io::AsyncWriteExt;
+use tonic::transport::Channel;
+use tonic::transport::Endpoint;
+
+mod common;
+use common::TempDir;
+
+const NODE: &str = "ip-10-0-1-10.us-west-2.compute.internal";
+const AZ: &str = "us-west-2a";
+const TTL_MS: u64 = 1_000;
+const COOLDOWN_MS: u64 = 500;
+
+fn channel(addr: SocketAddr) -> Channel {
+    Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .timeout(Duration::from_secs(5))
+        .connect_lazy()
+}
+
+async fn export(addr: SocketAddr) -> Vec<pb::Event> {
+    let mut stream = AuditServiceClient::new(channel(addr))
+        .export(pb::ExportRequest::default())
+        .await
+        .unwrap_or_else(|e| panic!("export: {e}"))
+        .into_inner();
+    let mut events = Vec::new();
+    while let Some(event) = stream.message().await.unwrap_or_else(|e| panic!("export: {e}")) {
+        events.push(event);
+    }
+    events
+}
+
+/// A plain HTTP/1.1 GET; returns the status code and the body.
+async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let code = response.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (code, body)
+}
+
+async fn eventually<T, F: std::future::Future<Output = Option<T>>>(what: &str, mut check: impl FnMut() -> F) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_node_expires_and_its_released_address_cools_down() {
+    let dir = TempDir::new("t45");
+    let config = ServerConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        http_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+        data_dir: dir.0.clone(),
+        controllers: ControllersConfig { tick_ms: 50 },
+        ..ServerConfig::default()
+    };
+    let running = server::start(config).await.unwrap_or_else(|e| panic!("start: {e}"));
+    let addr = running.grpc_addr();
+    let http = running.http_addr().unwrap_or_else(|| panic!("no HTTP address"));
+    assert!(running.wait_for_leader(Duration::from_secs(10)).await.is_some());
+    eventually("readiness", || async {
+        (get(http, "/readyz").await.0 == 200).then_some(())
+    })
+    .await;
+
+    let mut admin = AdminServiceClient::new(channel(addr));
+    let mut agent = AgentServiceClient::new(channel(addr));
+    let current = admin
+        .get_settings(pb::GetSettingsRequest {})
+        .await
+        .unwrap_or_else(|e| panic!("get settings: {e}"))
+        .into_inner()
+        .settings
+        .unwrap_or_default();
+    admin
+        .update_settings(pb::UpdateSettingsRequest {
+            request_id: "t45-settings".to_owned(),
+            settings: Some(pb::Settings {
+                heartbeat_ttl_ms: TTL_MS,
+                ip_cooldown_ms: COOLDOWN_MS,
+                ..current
+            }),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("update settings: {e}"));
+    admin
+        .create_pool(pb::CreatePoolRequest {
+            request_id: "t45-pool".to_owned(),
+            cidr: "100.64.0.0/16".to_owned(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("create pool: {e}"));
+    admin
+        .upsert_subnet_config(pb::UpsertSubnetConfigRequest {
+            request_id: "t45-subnet".to_owned(),
+            subnet_config: Some(pb::SubnetConfig {
+                name: AZ.to_owned(),
+                subnet_id: "subnet-011b111c1f11fdf11".to_owned(),
+                subnet_cidr: "100.64.1.0/24".to_owned(),
+                availability_zone: AZ.to_owned(),
+                security_group_ids: vec!["sg-0dff111a1d11c1c11".to_owned()],
+                updated_at_unix_ms: 0,
+            }),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("upsert subnet config: {e}"));
+    let epoch = agent
+        .register_node(pb::RegisterNodeRequest {
+            node: NODE.to_owned(),
+            request_id: "t45-register".to_owned(),
+            instance_id: "i-0123456789abcdef0".to_owned(),
+            instance_type: "m5.xlarge".to_owned(),
+            availability_zone: AZ.to_owned(),
+            limits: Some(pb::NodeLimits {
+                max_enis: 4,
+                ipv4_per_eni: 15,
+                branch_enis: 0,
+                trunking: false,
+            }),
+            labels: Default::default(),
+            subnet_config: AZ.to_owned(),
+            pod_eni_enabled: false,
+            primary_ip: "10.0.1.10".to_owned(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("register: {e}"))
+        .into_inner()
+        .epoch;
+    let plan = agent
+        .plan_eni(pb::PlanEniRequest {
+            node: NODE.to_owned(),
+            epoch,
+            request_id: "t45-plan".to_owned(),
+            kind: pb::EniKind::Secondary.into(),
+            ip_count: 2,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("plan ENI: {e}"))
+        .into_inner();
+    agent
+        .report_eni_attached(pb::ReportEniAttachedRequest {
+            node: NODE.to_owned(),
+            epoch,
+            request_id: "t45-attached".to_owned(),
+            eni_ref: plan.eni_ref,
+            eni_id: "eni-0123456789abcdef0".to_owned(),
+            mac: "02:00:00:00:00:01".to_owned(),
+            attachment_id: "eni-attach-0123456789abcdef0".to_owned(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("report attached: {e}"));
+    let lease = agent
+        .bind(pb::BindRequest {
+            node: NODE.to_owned(),
+            epoch,
+            request_id: "t45-bind".to_owned(),
+            pod: Some(pb::PodRef {
+                namespace: "default".to_owned(),
+                name: "web-0".to_owned(),
+                uid: "uid-web-0".to_owned(),
+            }),
+            pod_labels: Default::default(),
+            service_account: String::new(),
+            service_account_labels: Default::default(),
+            attachment: Some(pb::Attachment {
+                container_id: "c-web-0".to_owned(),
+                ifname: "eth0".to_owned(),
+            }),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("bind: {e}"))
+        .into_inner()
+        .lease
+        .unwrap_or_else(|| panic!("bind answered no lease"));
+    let bound_at = Instant::now();
+
+    // No heartbeat: after the TTL the leader's tick expires the node and releases the lease.
+    let released = eventually("the lease released by expiry", || async {
+        export(addr)
+            .await
+            .into_iter()
+            .find(|e| e.kind == "IpReleased" && e.lease_id == lease.lease_id)
+    })
+    .await;
+    assert!(
+        bound_at.elapsed() >= Duration::from_millis(TTL_MS / 2),
+        "not expired before the heartbeat deadline"
+    );
+    assert_eq!(released.cause, "expired");
+    assert_eq!(released.ips, vec![lease.ip.clone()]);
+    assert_eq!(released.actor.map(|a| a.kind()), Some(pb::ActorKind::Controller));
+    let ledger = export(addr).await;
+    assert!(ledger.iter().any(|e| e.kind == "NodeExpired" && e.node == NODE));
+
+    // The cooldown ends on a later tick, and the address is recorded as cooled.
+    let cooled = eventually("the address to cool down", || async {
+        export(addr)
+            .await
+            .into_iter()
+            .find(|e| e.kind == "IpCooled" && e.ips.contains(&lease.ip))
+    })
+    .await;
+    assert!(cooled.at_unix_ms >= released.at_unix_ms + i64::try_from(COOLDOWN_MS).unwrap_or(0));
+
+    let (code, metrics) = get(http, "/metrics").await;
+    assert_eq!(code, 200);
+    for line in [
+        "ipam_binds_total{result=\"bound\"} 1",
+        "ipam_releases_total{reason=\"expired\"} 1",
+        "ipam_raft_is_leader 1",
+    ] {
+        assert!(metrics.contains(line), "/metrics has {line:?}:\n{metrics}");
+    }
+    assert!(
+        metrics.contains("ipam_grpc_requests_total{service=\"ipam.v1.AgentService\",method=\"Bind\",code=\"OK\"} 1"),
+        "{metrics}"
+    );
+    running.shutdown().await.unwrap_or_else(|e| panic!("shutdown: {e}"));
+}
