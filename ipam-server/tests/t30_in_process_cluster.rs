@@ -383,13 +383,20 @@ async fn three_replicas_survive_the_loss_of_their_leader_and_converge() {
             let events = r.db.open_tree("events").unwrap_or_else(|e| panic!("{e}"));
             events
                 .iter()
-                .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())).unwrap_or_else(|e| panic!("{e}")))
+                .map(|kv| {
+                    kv.map(|(k, v)| (k.to_vec(), v.to_vec()))
+                        .unwrap_or_else(|e| panic!("{e}"))
+                })
                 .collect()
         })
         .collect();
     assert!(!ledgers[0].is_empty());
     for (r, ledger) in replicas.iter().zip(&ledgers) {
-        assert_eq!(ledger, &ledgers[0], "replica {}'s ledger differs from replica {}'s", r.id, replicas[0].id);
+        assert_eq!(
+            ledger, &ledgers[0],
+            "replica {}'s ledger differs from replica {}'s",
+            r.id, replicas[0].id
+        );
     }
     let ips = lease_ips(reference);
     let twice: Vec<_> = ips.iter().filter(|(_, n)| **n > 1).collect();
