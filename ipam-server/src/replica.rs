@@ -28,6 +28,7 @@ use ipam_core::ids::RequestId;
 use ipam_core::ids::Timestamp;
 use openraft::ChangeMembers;
 use openraft::error::ClientWriteError;
+use openraft::error::ForwardToLeader;
 use openraft::error::InitializeError;
 use openraft::error::RaftError;
 use openraft::raft::ClientWriteResponse;
@@ -210,19 +211,7 @@ impl Replica {
             request_id: envelope.request_id,
             body: envelope.body,
         };
-        let response: ClientWriteResponse<TypeConfig> =
-            self.raft.client_write(proposal).await.map_err(|e| match e {
-                RaftError::APIError(ClientWriteError::ForwardToLeader(to)) => ReplicaError::NotLeader {
-                    leader: to
-                        .leader_id
-                        .zip(to.leader_node)
-                        .map(|(id, node)| Leader { id, address: node.addr }),
-                },
-                RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
-                    ReplicaError::FailedPrecondition(e.to_string())
-                }
-                RaftError::Fatal(fatal) => ReplicaError::Unavailable(format!("replica stopped: {fatal}")),
-            })?;
+        let response: ClientWriteResponse<TypeConfig> = self.raft.client_write(proposal).await.map_err(write_error)?;
         response.data.result.map_err(ReplicaError::Refused)
     }
 
@@ -235,14 +224,7 @@ impl Replica {
     pub async fn read<R>(&self, consistency: Consistency, read: impl FnOnce(&Applied) -> R) -> Result<R> {
         if consistency == Consistency::Linearizable {
             self.raft.ensure_linearizable().await.map_err(|e| match e {
-                RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(to)) => {
-                    ReplicaError::NotLeader {
-                        leader: to
-                            .leader_id
-                            .zip(to.leader_node)
-                            .map(|(id, node)| Leader { id, address: node.addr }),
-                    }
-                }
+                RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(to)) => not_leader(to),
                 RaftError::APIError(openraft::error::CheckIsLeaderError::QuorumNotEnough(e)) => {
                     ReplicaError::Unavailable(format!(
                         "cannot confirm leadership: only replicas {:?} answered, not a quorum of the voters",
@@ -292,7 +274,7 @@ impl Replica {
         self.raft
             .add_learner(id, Node::new(address), wait)
             .await
-            .map_err(membership_error)?;
+            .map_err(write_error)?;
         Ok(self.view())
     }
 
@@ -310,7 +292,7 @@ impl Replica {
         self.raft
             .change_membership(ChangeMembers::ReplaceAllVoters(voters), retain)
             .await
-            .map_err(membership_error)?;
+            .map_err(write_error)?;
         Ok(self.view())
     }
 
@@ -358,14 +340,20 @@ impl Replica {
     }
 }
 
-fn membership_error(error: RaftError<NodeId, ClientWriteError<NodeId, Node>>) -> ReplicaError {
+/// Not the leader: who is, as far as openraft knows.
+fn not_leader(to: ForwardToLeader<NodeId, Node>) -> ReplicaError {
+    ReplicaError::NotLeader {
+        leader: to
+            .leader_id
+            .zip(to.leader_node)
+            .map(|(id, node)| Leader { id, address: node.addr }),
+    }
+}
+
+/// The error of a write (a command or a membership change).
+fn write_error(error: RaftError<NodeId, ClientWriteError<NodeId, Node>>) -> ReplicaError {
     match error {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(to)) => ReplicaError::NotLeader {
-            leader: to
-                .leader_id
-                .zip(to.leader_node)
-                .map(|(id, node)| Leader { id, address: node.addr }),
-        },
+        RaftError::APIError(ClientWriteError::ForwardToLeader(to)) => not_leader(to),
         RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
             ReplicaError::FailedPrecondition(e.to_string())
         }

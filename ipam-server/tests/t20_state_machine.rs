@@ -52,6 +52,23 @@ async fn open(dir: &TempDir) -> (sled::Db, StateMachine) {
     (db, sm)
 }
 
+/// Sends `snapshot` to `follower` as openraft does: into the file the follower opened for it,
+/// then installed.
+async fn send_snapshot(snapshot: openraft::Snapshot<ipam_server::raft::TypeConfig>, follower: &mut StateMachine) {
+    let mut received = follower
+        .begin_receiving_snapshot()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut sent = snapshot.snapshot;
+    tokio::io::copy(&mut sent, &mut *received)
+        .await
+        .unwrap_or_else(|e| panic!("copy the snapshot: {e}"));
+    follower
+        .install_snapshot(&snapshot.meta, received)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
 /// Feeds entries to a state machine the way openraft does, one term, increasing indexes.
 struct Feeder {
     index: u64,
@@ -359,18 +376,8 @@ async fn an_installed_snapshot_replaces_the_state_and_survives_a_restart() {
     behind.admin(&mut follower, CommandBody::CreatePool { cidr }).await;
     assert_ne!(state(&follower).await, leader_state);
 
-    let mut received = follower
-        .begin_receiving_snapshot()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let mut sent = snapshot.snapshot;
-    tokio::io::copy(&mut sent, &mut *received)
-        .await
-        .unwrap_or_else(|e| panic!("copy the snapshot: {e}"));
-    follower
-        .install_snapshot(&snapshot.meta, received)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let meta = snapshot.meta.clone();
+    send_snapshot(snapshot, &mut follower).await;
     assert_eq!(state(&follower).await, leader_state);
     assert_eq!(
         follower.applied_state().await.unwrap_or_else(|e| panic!("{e}")),
@@ -404,7 +411,7 @@ async fn an_installed_snapshot_replaces_the_state_and_survives_a_restart() {
         leader_applied
     );
     let current = follower.get_current_snapshot().await.unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(current.map(|s| s.meta), Some(snapshot.meta));
+    assert_eq!(current.map(|s| s.meta), Some(meta));
     drop(follower);
     drop(follower_db);
     drop(leader);
@@ -430,18 +437,7 @@ async fn an_install_interrupted_before_its_ledger_import_is_finished_on_open() {
 
     let follower_dir = TempDir::new("t20-interrupted-follower");
     let (follower_db, mut follower) = open(&follower_dir).await;
-    let mut received = follower
-        .begin_receiving_snapshot()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let mut sent = snapshot.snapshot;
-    tokio::io::copy(&mut sent, &mut *received)
-        .await
-        .unwrap_or_else(|e| panic!("copy the snapshot: {e}"));
-    follower
-        .install_snapshot(&snapshot.meta, received)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    send_snapshot(snapshot, &mut follower).await;
 
     // Put the follower back in the state of a crash after the snapshot's meta was saved but
     // before its ledger was imported and its applied position moved.

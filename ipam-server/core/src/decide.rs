@@ -262,20 +262,7 @@ impl<'a> Decider<'a> {
     }
 
     fn agent_node(&self, agent: &AgentRef) -> Result<&'a Node> {
-        let node = self.node(&agent.node)?;
-        if node.epoch != agent.epoch {
-            return Err(DomainError::StaleEpoch {
-                node: agent.node.clone(),
-                given: agent.epoch,
-                current: node.epoch,
-            });
-        }
-        if node.status == NodeStatus::Expired {
-            return Err(DomainError::NodeExpired {
-                node: agent.node.clone(),
-            });
-        }
-        Ok(node)
+        self.state.live_agent(agent)
     }
 
     fn node(&self, name: &str) -> Result<&'a Node> {

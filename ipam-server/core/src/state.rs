@@ -23,6 +23,7 @@ use serde::Serialize;
 
 use crate::allocator::SubnetAllocator;
 use crate::cidr::Ipv4Cidr;
+use crate::command::AgentRef;
 use crate::command::NodeSpec;
 use crate::command::Owner;
 use crate::command::SubnetConfigSpec;
@@ -321,6 +322,34 @@ pub struct State {
 }
 
 impl State {
+    /// The node `agent` speaks for, if the agent is its current, live registration: the check
+    /// every agent command passes first (unknown node, stale epoch, expired node are refused).
+    ///
+    /// # Errors
+    ///
+    /// [`DomainError::NodeNotFound`], [`DomainError::StaleEpoch`], [`DomainError::NodeExpired`].
+    pub fn live_agent(&self, agent: &AgentRef) -> crate::Result<&Node> {
+        let node = self
+            .nodes
+            .get(&agent.node)
+            .ok_or_else(|| crate::DomainError::NodeNotFound {
+                node: agent.node.clone(),
+            })?;
+        if node.epoch != agent.epoch {
+            return Err(crate::DomainError::StaleEpoch {
+                node: agent.node.clone(),
+                given: agent.epoch,
+                current: node.epoch,
+            });
+        }
+        if node.status == NodeStatus::Expired {
+            return Err(crate::DomainError::NodeExpired {
+                node: agent.node.clone(),
+            });
+        }
+        Ok(node)
+    }
+
     /// The subnet that contains `ip`, if any.
     pub fn subnet_of(&self, ip: Ipv4Addr) -> Option<&Subnet> {
         self.subnets.values().find(|s| s.alloc.cidr().contains(ip))

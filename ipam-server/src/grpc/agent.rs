@@ -27,7 +27,6 @@ use ipam_core::ids::Actor;
 use ipam_core::state::Eni;
 use ipam_core::state::EniKind;
 use ipam_core::state::EniState;
-use ipam_core::state::NodeStatus;
 use ipam_core::state::Slot;
 use ipam_core::state::State;
 use ipam_proto::ipam::v1 as pb;
@@ -195,22 +194,7 @@ pub(crate) fn unexpected(rpc: &'static str, reply: &Reply) -> Status {
 /// Checks that `agent` speaks for the node's current, live registration; the refusal is the one
 /// the domain would give (NOT_FOUND, FAILED_PRECONDITION).
 pub(crate) fn live_agent(state: &State, agent: &AgentRef) -> Result<(), DomainError> {
-    let node = state.nodes.get(&agent.node).ok_or_else(|| DomainError::NodeNotFound {
-        node: agent.node.clone(),
-    })?;
-    if node.epoch != agent.epoch {
-        return Err(DomainError::StaleEpoch {
-            node: agent.node.clone(),
-            given: agent.epoch,
-            current: node.epoch,
-        });
-    }
-    if node.status == NodeStatus::Expired {
-        return Err(DomainError::NodeExpired {
-            node: agent.node.clone(),
-        });
-    }
-    Ok(())
+    state.live_agent(agent).map(|_| ())
 }
 
 /// Addresses an ENI's removal returns to its subnet now: its primary and every slot but the
