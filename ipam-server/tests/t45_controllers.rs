@@ -242,6 +242,61 @@ async fn a_silent_node_expires_and_its_released_address_cools_down() {
     .await;
     assert!(cooled.at_unix_ms >= released.at_unix_ms + i64::try_from(COOLDOWN_MS).unwrap_or(0));
 
+    // Watch: the address's story from seq 1, filtered by the address, as a stream.
+    let mut audit = AuditServiceClient::new(channel(addr));
+    let mut watch = audit
+        .watch(pb::WatchRequest {
+            from_seq: 1,
+            filter: Some(pb::EventFilter {
+                kinds: Vec::new(),
+                key_kind: pb::EventKeyKind::Ip.into(),
+                key: lease.ip.clone(),
+            }),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("watch: {e}"))
+        .into_inner();
+    let mut story = Vec::new();
+    while story.last().map(String::as_str) != Some("IpCooled") {
+        let next = tokio::time::timeout(Duration::from_secs(5), watch.message())
+            .await
+            .unwrap_or_else(|_| panic!("the watch stalled after {story:?}"))
+            .unwrap_or_else(|e| panic!("watch: {e}"))
+            .unwrap_or_else(|| panic!("the watch ended after {story:?}"));
+        assert!(next.ips.contains(&lease.ip), "{next:?}");
+        story.push(next.kind);
+    }
+    assert_eq!(
+        story,
+        ["EniPlanned", "IpBound", "IpReleased", "IpCooled"]
+            .map(String::from)
+            .to_vec()
+    );
+    // Bad questions get clear answers.
+    let bad_filter = audit
+        .watch(pb::WatchRequest {
+            from_seq: 1,
+            filter: Some(pb::EventFilter {
+                kinds: Vec::new(),
+                key_kind: pb::EventKeyKind::Ip.into(),
+                key: "100.64.1".to_owned(),
+            }),
+        })
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("a malformed address must be refused"));
+    assert_eq!(bad_filter.code(), tonic::Code::InvalidArgument);
+    assert!(bad_filter.message().contains("100.64.1"), "{}", bad_filter.message());
+    let backwards = audit
+        .export(pb::ExportRequest {
+            since_unix_ms: 2_000,
+            until_unix_ms: 1_000,
+        })
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("until before since must be refused"));
+    assert_eq!(backwards.code(), tonic::Code::InvalidArgument);
+
     let (code, metrics) = get(http, "/metrics").await;
     assert_eq!(code, 200);
     for line in [
