@@ -159,7 +159,8 @@ impl SubnetCounts {
 /// Called on every scrape from the HTTP server's task, so it must not block for long.
 pub type SubnetSource = Arc<dyn Fn() -> Option<Vec<SubnetCounts>> + Send + Sync>;
 
-/// How a bind ended, for `ipam_binds_total{result}`.
+/// How a bind ended, for `ipam_binds_total{result}`: `bound` counts committed binds (from the
+/// ledger, on every replica), `refused` the Bind calls this replica answered with a refusal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BindResult {
     /// The pod got an address.

@@ -308,7 +308,9 @@ pub async fn start(config: ServerConfig) -> Result<Running> {
     let router = tonic::transport::Server::builder()
         .layer(GrpcMetricsLayer::new(metrics.clone()))
         .add_service(RaftServiceServer::new(RaftGrpc::new(replica.clone())))
-        .add_service(AgentServiceServer::new(AgentGrpc::new(replica.clone())))
+        .add_service(AgentServiceServer::new(
+            AgentGrpc::new(replica.clone()).with_metrics(metrics.clone()),
+        ))
         .add_service(AdminServiceServer::new(AdminGrpc::new(
             replica.clone(),
             advertise.clone(),

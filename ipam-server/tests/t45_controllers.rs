@@ -297,10 +297,35 @@ async fn a_silent_node_expires_and_its_released_address_cools_down() {
         .unwrap_or_else(|| panic!("until before since must be refused"));
     assert_eq!(backwards.code(), tonic::Code::InvalidArgument);
 
+    // The expired node's agent is refused until it registers again.
+    let refused = agent
+        .bind(pb::BindRequest {
+            node: NODE.to_owned(),
+            epoch,
+            request_id: "t45-bind-after-expiry".to_owned(),
+            pod: Some(pb::PodRef {
+                namespace: "default".to_owned(),
+                name: "web-1".to_owned(),
+                uid: "uid-web-1".to_owned(),
+            }),
+            pod_labels: Default::default(),
+            service_account: String::new(),
+            service_account_labels: Default::default(),
+            attachment: Some(pb::Attachment {
+                container_id: "c-web-1".to_owned(),
+                ifname: "eth0".to_owned(),
+            }),
+        })
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("an expired node's bind must be refused"));
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{}", refused.message());
+
     let (code, metrics) = get(http, "/metrics").await;
     assert_eq!(code, 200);
     for line in [
         "ipam_binds_total{result=\"bound\"} 1",
+        "ipam_binds_total{result=\"refused\"} 1",
         "ipam_releases_total{reason=\"expired\"} 1",
         "ipam_raft_is_leader 1",
     ] {

@@ -39,6 +39,8 @@ use tonic::Status;
 use crate::grpc::budget::Ec2Budget;
 use crate::grpc::status::refusal_status;
 use crate::grpc::status::replica_status;
+use crate::metrics::BindResult;
+use crate::metrics::Metrics;
 use crate::pb_impl::Write;
 use crate::pb_impl::ec2_budget;
 use crate::pb_impl::eni;
@@ -65,6 +67,7 @@ const VISIBLE_POLL: Duration = Duration::from_millis(5);
 pub struct AgentGrpc {
     replica: Replica,
     budget: Ec2Budget,
+    metrics: Option<Metrics>,
 }
 
 impl AgentGrpc {
@@ -76,7 +79,18 @@ impl AgentGrpc {
 
     /// Serves `replica` with `budget` as the cluster's EC2 call budget.
     pub fn with_budget(replica: Replica, budget: Ec2Budget) -> Self {
-        Self { replica, budget }
+        Self {
+            replica,
+            budget,
+            metrics: None,
+        }
+    }
+
+    /// Counts refused binds in `metrics` (`ipam_binds_total{result="refused"}`; committed binds
+    /// are counted from the ledger, on every replica).
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     async fn write(&self, node: &str, write: Write) -> Result<Reply, Status> {
@@ -559,7 +573,19 @@ impl AgentService for AgentGrpc {
     async fn bind(&self, request: Request<pb::BindRequest>) -> Result<Response<pb::BindResponse>, Status> {
         let req = request.into_inner();
         let write = lease::bind(&req)?;
-        let reply = self.write(&req.node, write).await?;
+        let reply = match self
+            .replica
+            .write(Actor::Agent(req.node.clone()), write.request_id, write.body)
+            .await
+        {
+            Ok(reply) => reply,
+            Err(error) => {
+                if let (ReplicaError::Refused(_), Some(metrics)) = (&error, &self.metrics) {
+                    metrics.record_bind(BindResult::Refused);
+                }
+                return Err(replica_status(error));
+            }
+        };
         let Reply::Bound(bound) = reply else {
             return Err(unexpected("Bind", &reply));
         };
