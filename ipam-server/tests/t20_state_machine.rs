@@ -52,9 +52,15 @@ async fn open(dir: &TempDir) -> (sled::Db, StateMachine) {
     (db, sm)
 }
 
-/// Sends `snapshot` to `follower` as openraft does: into the file the follower opened for it,
-/// then installed.
-async fn send_snapshot(snapshot: openraft::Snapshot<ipam_server::raft::TypeConfig>, follower: &mut StateMachine) {
+/// Sends `leader`'s current snapshot to `follower` as openraft does: what
+/// `get_current_snapshot` gives (the state and the ledger; a built snapshot's own file holds the
+/// state only), into the file the follower opened for it, then installed.
+async fn send_snapshot(leader: &mut StateMachine, follower: &mut StateMachine) {
+    let snapshot = leader
+        .get_current_snapshot()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|| panic!("the leader has no snapshot"));
     let mut received = follower
         .begin_receiving_snapshot()
         .await
@@ -377,7 +383,7 @@ async fn an_installed_snapshot_replaces_the_state_and_survives_a_restart() {
     assert_ne!(state(&follower).await, leader_state);
 
     let meta = snapshot.meta.clone();
-    send_snapshot(snapshot, &mut follower).await;
+    send_snapshot(&mut leader, &mut follower).await;
     assert_eq!(state(&follower).await, leader_state);
     assert_eq!(
         follower.applied_state().await.unwrap_or_else(|e| panic!("{e}")),
@@ -437,7 +443,7 @@ async fn an_install_interrupted_before_its_ledger_import_is_finished_on_open() {
 
     let follower_dir = TempDir::new("t20-interrupted-follower");
     let (follower_db, mut follower) = open(&follower_dir).await;
-    send_snapshot(snapshot, &mut follower).await;
+    send_snapshot(&mut leader, &mut follower).await;
 
     // Put the follower back in the state of a crash after the snapshot's meta was saved but
     // before its ledger was imported and its applied position moved.

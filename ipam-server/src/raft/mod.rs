@@ -17,7 +17,8 @@
 //!   │    then LogFlushed                                     │ build_snapshot / install      │
 //!   │         ▲                                              ▼                               │
 //!   │         │ purge ≤ snapshot         sm_snapshot  meta, file ─▶ snapshots/<file>.snap:   │
-//!   │         └───────────────────────────   cbor{last_applied, membership, state} + ledger  │
+//!   │         └───────────────────────────   cbor{last_applied, last_seq, membership, state}  │
+//!   │                                        (+ the ledger up to last_seq when sent)          │
 //!   └────────────────────────────────────────────────────────────────────────────────────────┘
 //!
 //!   restart: State = snapshot.state + events after snapshot.last_applied

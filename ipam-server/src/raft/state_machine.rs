@@ -15,12 +15,15 @@
 //!   tree "sm_meta"      "last_applied", "membership"
 //!
 //!   tree "sm_snapshot"  "meta" ──▶ json(SnapshotMeta), "file" ──▶ its file name
-//!   dir  snapshots/     <file>.snap: cbor(Applied) + every event up to last_applied (snapshot.rs)
+//!   dir  snapshots/     state-*.snap: cbor(Applied) (a built snapshot: the state only)
+//!                       send-*.snap: cbor(Applied) + every event up to last_seq (made on demand)
+//!                       received-*.snap / installed-*.snap: what a leader sent (state + ledger)
 //! ```
 //!
-//! A snapshot carries the ledger, so a replica that installs one (a learner added later, a
-//! follower whose log was purged) answers history queries like the others. Snapshot data is a
-//! file on both sides (openraft reads and writes it in chunks), never one blob in memory.
+//! A snapshot as sent carries the ledger, so a replica that installs one (a learner added later,
+//! a follower whose log was purged) answers history queries like the others; building one costs
+//! the state only (see [`SnapshotBuilder`]). Snapshot data is a file on both sides (openraft reads
+//! and writes it in chunks), never one blob in memory.
 //!
 //! On open the in-memory [`State`] is rebuilt from the last snapshot's state plus the events
 //! logged after it. Installing a snapshot is crash-safe: the file is complete before its meta is
@@ -193,6 +196,9 @@ struct Store {
     dir: Arc<PathBuf>,
     /// Makes file names unique within the process.
     sequence: Arc<AtomicU64>,
+    /// The snapshot as sent to other replicas (state + ledger), made on first demand: its
+    /// snapshot id and file.
+    sendable: Arc<tokio::sync::Mutex<Option<(String, PathBuf)>>>,
 }
 
 impl Store {
@@ -207,6 +213,7 @@ impl Store {
             snapshot: db.open_tree(SNAPSHOT_TREE)?,
             dir: Arc::new(dir),
             sequence: Arc::new(AtomicU64::new(0)),
+            sendable: Arc::default(),
         })
     }
 
@@ -440,15 +447,18 @@ impl StateMachine {
         let mut applied = self.applied.write().await;
         let installed = self.store.import(meta, path).await?;
         tracing::info!(%meta, last_seq = installed.last_seq, "snapshot installed with its ledger");
+        // The received file (state and ledger) stays the current snapshot until the next one is
+        // built (which holds the state only): it is what a crash in the import above needs.
         self.last_seq.send_replace(installed.last_seq);
         *applied = installed;
         Ok(())
     }
 
     async fn current_snapshot(&self) -> Result<Option<Snapshot>> {
-        let Some((meta, path)) = self.store.current_snapshot()? else {
+        let Some((meta, state_file)) = self.store.current_snapshot()? else {
             return Ok(None);
         };
+        let path = self.store.sendable(&meta, state_file).await?;
         let file = tokio::fs::File::open(&path)
             .await
             .map_err(|source| SnapshotError::Io { path, source })?;
@@ -460,6 +470,34 @@ impl StateMachine {
 }
 
 impl Store {
+    /// The current snapshot as another replica receives it: its state, then the ledger up to
+    /// its last event, read from the events tree now. Made once per snapshot and kept until the
+    /// next one, so building a snapshot costs the state only, and the ledger is copied only when
+    /// a replica actually needs it (a new learner, a follower behind the purged log).
+    async fn sendable(&self, meta: &SnapshotMeta, state_file: PathBuf) -> Result<PathBuf> {
+        let mut sendable = self.sendable.lock().await;
+        if let Some((id, path)) = sendable.as_ref()
+            && *id == meta.snapshot_id
+            && path.exists()
+        {
+            return Ok(path.clone());
+        }
+        let path = self.new_file("send");
+        let target = path.clone();
+        let events = self.events.clone();
+        let count = blocking(move || {
+            let (applied, _) = snapshot::Reader::open(&state_file)?;
+            let end = event_key(applied.last_seq);
+            Ok(snapshot::write(&target, &applied, events.range(..=end))?)
+        })
+        .await?;
+        tracing::info!(%meta, events = count, "snapshot with its ledger made for sending");
+        if let Some((_, old)) = sendable.replace((meta.snapshot_id.clone(), path.clone())) {
+            let _ = std::fs::remove_file(old);
+        }
+        Ok(path)
+    }
+
     /// Removes `.part` files left by a crash while writing or receiving a snapshot.
     fn remove_partial_files(&self) {
         let Ok(entries) = std::fs::read_dir(&*self.dir) else {
@@ -474,7 +512,10 @@ impl Store {
 }
 
 /// Builds a snapshot of the state as it was when [`RaftStateMachine::get_snapshot_builder`] was
-/// called, with the ledger up to that point, and saves it as the current snapshot.
+/// called and saves it as the current snapshot. The file holds the state only: the ledger up to
+/// that point stays in the events tree (it never changes) and joins the state when the snapshot
+/// is sent ([`Store::sendable`]), so a snapshot every few thousand entries does not rewrite a
+/// ledger of millions of events.
 #[derive(Debug)]
 pub struct SnapshotBuilder {
     applied: Applied,
@@ -492,20 +533,13 @@ impl SnapshotBuilder {
             last_membership: self.applied.membership.clone(),
             snapshot_id,
         };
-        let path = self.store.new_file("built");
+        let path = self.store.new_file("state");
         let applied = self.applied.clone();
-        let events = self.store.events.clone();
         let target = path.clone();
-        // Events up to last_seq never change, so reading them while later entries are applied
-        // is safe.
-        let count = blocking(move || {
-            let end = event_key(applied.last_seq);
-            Ok(snapshot::write(&target, &applied, events.range(..=end))?)
-        })
-        .await?;
+        blocking(move || Ok(snapshot::write(&target, &applied, std::iter::empty())?)).await?;
         self.store.save_snapshot(&meta, &path).await?;
         let bytes = std::fs::metadata(&path).map_or(0, |m| m.len());
-        tracing::info!(%meta, events = count, bytes, "snapshot built");
+        tracing::info!(%meta, last_seq = self.applied.last_seq, bytes, "snapshot built");
         let file = tokio::fs::File::open(&path)
             .await
             .map_err(|source| SnapshotError::Io { path, source })?;
