@@ -433,7 +433,7 @@ async fn an_install_interrupted_before_its_ledger_import_is_finished_on_open() {
         at: 1_000_000,
     };
     cluster(&mut leader, &mut feed).await;
-    let snapshot = leader
+    leader
         .get_snapshot_builder()
         .await
         .build_snapshot()

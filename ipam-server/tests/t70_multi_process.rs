@@ -195,15 +195,38 @@ async fn export(addr: SocketAddr) -> Vec<pb::Event> {
 /// Waits until every replica has applied the same last index and returns their ledgers, cut to
 /// the shortest: the leader's controllers may commit more (cooldowns ending) between one export
 /// and the next, and a ledger only grows, so equal prefixes are what "identical" can mean here.
-async fn converged(addrs: &[SocketAddr]) -> Vec<Vec<pb::Event>> {
-    eventually("the replicas to apply the same entries", || async {
+async fn converged(addrs: &[SocketAddr], logs: &[&Replica]) -> Vec<Vec<pb::Event>> {
+    let start = Instant::now();
+    loop {
         let mut applied = BTreeSet::new();
+        let mut views = Vec::new();
         for addr in addrs {
-            applied.insert(status(*addr).await?.last_applied_index);
+            let info = status(*addr).await;
+            applied.insert(info.as_ref().map(|i| i.last_applied_index));
+            views.push((*addr, info));
         }
-        (applied.len() == 1).then_some(())
-    })
-    .await;
+        if applied.len() == 1 && !applied.contains(&None) {
+            break;
+        }
+        if start.elapsed() >= PATIENCE {
+            let mut report = format!("the replicas did not apply the same entries within {PATIENCE:?}:\n");
+            for (addr, info) in views {
+                report.push_str(&format!("  {addr}: {info:?}\n"));
+            }
+            for replica in logs {
+                let text = replica.log_text();
+                let tail: Vec<&str> = text.lines().rev().take(40).collect();
+                report.push_str(&format!(
+                    "--- replica {} log (last 40 lines, newest first):\n",
+                    replica.id
+                ));
+                report.push_str(&tail.join("\n"));
+                report.push('\n');
+            }
+            panic!("{report}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let mut ledgers = Vec::new();
     for addr in addrs {
         ledgers.push(export(*addr).await);
@@ -309,7 +332,7 @@ async fn killing_the_leader_under_load_loses_no_acknowledged_bind() {
         acked.len()
     );
 
-    let ledgers = converged(&addrs).await;
+    let ledgers = converged(&addrs, &replicas.iter().collect::<Vec<_>>()).await;
     assert!(
         ledgers.iter().all(|l| l == &ledgers[0]),
         "every replica holds the same ledger ({:?} events)",
@@ -363,7 +386,7 @@ async fn killing_the_leader_under_load_loses_no_acknowledged_bind() {
         .await
         .unwrap_or_else(|e| panic!("promote: {e}"));
     let all: Vec<SocketAddr> = addrs.iter().copied().chain([fourth_addr]).collect();
-    let ledgers = converged(&all).await;
+    let ledgers = converged(&all, &replicas.iter().chain([&fourth]).collect::<Vec<_>>()).await;
     assert_eq!(
         ledgers[3], ledgers[0],
         "the late replica serves the full history from seq 1"
