@@ -130,8 +130,9 @@ pub struct RaftConfig {
     pub keep_entries_behind_snapshot: u64,
     /// The bytes of one snapshot chunk on the wire.
     pub snapshot_chunk_bytes: u64,
-    /// How long installing one snapshot chunk may take, ms (openraft's 200 ms default is too
-    /// short for a large ledger).
+    /// How long installing one snapshot chunk may take, ms. The last chunk's answer waits for
+    /// the whole ledger to be imported, so this must cover that (openraft's 200 ms default is far
+    /// too short; a leader that times out sends the whole snapshot again).
     pub install_snapshot_timeout_ms: u64,
 }
 
@@ -144,7 +145,7 @@ impl Default for RaftConfig {
             snapshot_after_entries: 20_000,
             keep_entries_behind_snapshot: 5_000,
             snapshot_chunk_bytes: 1 << 20,
-            install_snapshot_timeout_ms: 10_000,
+            install_snapshot_timeout_ms: 120_000,
         }
     }
 }
@@ -348,8 +349,11 @@ impl ServerConfig {
         if r.snapshot_after_entries == 0 {
             return invalid("raft.snapshot_after_entries", "must be at least 1".to_owned());
         }
-        if r.snapshot_chunk_bytes < 1024 {
-            return invalid("raft.snapshot_chunk_bytes", "must be at least 1024".to_owned());
+        if !(1024..=16 << 20).contains(&r.snapshot_chunk_bytes) {
+            return invalid(
+                "raft.snapshot_chunk_bytes",
+                format!("{} must be 1024 to 16777216 (16 MiB)", r.snapshot_chunk_bytes),
+            );
         }
         if self.controllers.tick_ms == 0 {
             return invalid("controllers.tick_ms", "must be at least 1".to_owned());
@@ -450,6 +454,16 @@ mod tests {
                     ..ServerConfig::default()
                 },
                 "raft.heartbeat_ms",
+            ),
+            (
+                ServerConfig {
+                    raft: RaftConfig {
+                        snapshot_chunk_bytes: 64 << 20,
+                        ..RaftConfig::default()
+                    },
+                    ..ServerConfig::default()
+                },
+                "raft.snapshot_chunk_bytes",
             ),
         ];
         for (config, field) in cases {

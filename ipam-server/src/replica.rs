@@ -116,6 +116,8 @@ pub struct ClusterView {
     pub last_applied_index: u64,
     /// The last index in the latest snapshot.
     pub snapshot_log_index: u64,
+    /// The last index removed by log compaction.
+    pub purged_log_index: u64,
     /// Voters, by id.
     pub voters: BTreeMap<NodeId, String>,
     /// Learners, by id.
@@ -333,6 +335,7 @@ impl Replica {
             last_log_index: metrics.last_log_index.unwrap_or(0),
             last_applied_index: metrics.last_applied.map_or(0, |l| l.index),
             snapshot_log_index: metrics.snapshot.map_or(0, |l| l.index),
+            purged_log_index: metrics.purged.map_or(0, |l| l.index),
             voters,
             learners,
             matched,

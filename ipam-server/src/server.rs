@@ -12,10 +12,13 @@
 //!     bootstrap            ── initialize (single replica, or lowest peer id) or wait
 //! ```
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ipam_proto::ipam::v1::ClusterStatusRequest;
+use ipam_proto::ipam::v1::admin_service_client::AdminServiceClient;
 use ipam_proto::ipam::v1::admin_service_server::AdminServiceServer;
 use ipam_proto::ipam::v1::agent_service_server::AgentServiceServer;
 use ipam_proto::ipam::v1::audit_service_server::AuditServiceServer;
@@ -205,12 +208,15 @@ fn readiness(replica: Replica) -> Health {
 }
 
 /// Counts committed binds and releases (by reason) from the ledger as this replica applies them,
-/// so the counters say what happened, not what was asked (refusals show in the gRPC counters).
+/// so the counters say what happened, not what was asked. Events older than this process (the
+/// history a snapshot install brings in) are not counted: a counter's rate must not jump because
+/// a replica caught up.
 fn follow_ledger(
     metrics: Metrics,
     mut ledger: crate::ledger::Ledger,
     mut shutdown: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
+    let started = crate::replica::now_ms();
     tokio::spawn(async move {
         let mut next = ledger.last_seq() + 1;
         loop {
@@ -221,8 +227,16 @@ fn follow_ledger(
             let Ok(page) = ledger.read(next, 1024) else {
                 return;
             };
+            if page.is_empty() {
+                // A snapshot install is replacing the ledger; wait for it to finish.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
             for (seq, event) in page {
                 next = seq + 1;
+                if event.at < started {
+                    continue;
+                }
                 match &event.kind {
                     ipam_core::EventKind::IpBound { .. } => metrics.record_bind(metrics::BindResult::Bound),
                     ipam_core::EventKind::IpReleased { reason, .. } => metrics.record_release(*reason),
@@ -231,6 +245,32 @@ fn follow_ledger(
             }
         }
     })
+}
+
+/// A peer among `members` (other than `own_id`) that already belongs to an initialized cluster,
+/// asked over AdminService.ClusterStatus. An empty data directory next to such a peer means this
+/// replica lost its disk: initializing again under the same id could let it vote without the log
+/// it once acknowledged. Peers that do not answer are taken as not initialized (on a first start
+/// they are starting too).
+async fn existing_cluster(own_id: u64, members: &BTreeMap<u64, String>) -> Option<(u64, String)> {
+    for (id, address) in members.iter().filter(|(id, _)| **id != own_id) {
+        let Ok(endpoint) = tonic::transport::Endpoint::from_shared(format!("http://{address}")) else {
+            continue;
+        };
+        let channel = endpoint
+            .connect_timeout(Duration::from_secs(1))
+            .timeout(Duration::from_secs(2))
+            .connect_lazy();
+        let answer = AdminServiceClient::new(channel)
+            .cluster_status(ClusterStatusRequest {})
+            .await;
+        if let Ok(info) = answer
+            && info.into_inner().cluster.is_some_and(|c| !c.members.is_empty())
+        {
+            return Some((*id, address.clone()));
+        }
+    }
+    None
 }
 
 /// Starts a replica as `config` says.
@@ -307,7 +347,10 @@ pub async fn start(config: ServerConfig) -> Result<Running> {
 
     let router = tonic::transport::Server::builder()
         .layer(GrpcMetricsLayer::new(metrics.clone()))
-        .add_service(RaftServiceServer::new(RaftGrpc::new(replica.clone())))
+        .add_service(
+            RaftServiceServer::new(RaftGrpc::new(replica.clone()))
+                .max_decoding_message_size(crate::raft::grpc_network::MAX_RAFT_MESSAGE),
+        )
         .add_service(AgentServiceServer::new(
             AgentGrpc::new(replica.clone()).with_metrics(metrics.clone()),
         ))
@@ -365,10 +408,20 @@ pub async fn start(config: ServerConfig) -> Result<Running> {
         .await
         .map_err(|e| ServerError::Raft(e.to_string()))?;
     match config.bootstrap(&advertise) {
-        Bootstrap::Initialize(members) if !initialized => {
-            tracing::info!(?members, "initializing a new cluster");
-            replica.init(members, &advertise).await?;
-        }
+        Bootstrap::Initialize(members) if !initialized => match existing_cluster(config.id, &members).await {
+            Some((peer, address)) => tracing::error!(
+                peer,
+                %address,
+                "not initializing: peer {peer} already belongs to a cluster, so this replica's empty data \
+                 directory means it lost its disk. Rejoin under a new id: start it with --join and a new \
+                 --id, then `ipamctl cluster add-learner NEW_ID ADDRESS` and `ipamctl cluster promote NEW_ID` \
+                 (and remove the old id)"
+            ),
+            None => {
+                tracing::info!(?members, "initializing a new cluster");
+                replica.init(members, &advertise).await?;
+            }
+        },
         Bootstrap::Initialize(_) => tracing::info!("cluster state found on disk; not initializing"),
         Bootstrap::Wait => tracing::info!("waiting to be initialized or added to a cluster"),
     }

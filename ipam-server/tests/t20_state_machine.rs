@@ -340,8 +340,8 @@ async fn a_refused_command_answers_a_refusal_and_changes_nothing() {
         .iter()
         .values()
         .filter(|value| {
-            let event: serde_json::Value =
-                serde_json::from_slice(value.as_deref().unwrap_or_else(|e| panic!("{e}"))).unwrap_or_default();
+            let event: serde_json::Value = serde_json::from_slice(value.as_deref().unwrap_or_else(|e| panic!("{e}")))
+                .unwrap_or_else(|e| panic!("a logged event is not JSON: {e}"));
             event["index"] == serde_json::json!(refused_index)
         })
         .count();
@@ -468,4 +468,55 @@ async fn an_install_interrupted_before_its_ledger_import_is_finished_on_open() {
         "the ledger import was redone on open"
     );
     drop((follower, follower_db, leader, leader_db));
+}
+
+#[tokio::test]
+async fn the_sendable_snapshot_is_made_once_and_stale_files_go_on_open() {
+    let dir = TempDir::new("t20-files");
+    let (db, mut sm) = open(&dir).await;
+    let mut feed = Feeder {
+        index: 0,
+        at: 1_000_000,
+    };
+    cluster(&mut sm, &mut feed).await;
+    sm.get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let snap_files = || -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir.0.join("snapshots"))
+            .unwrap_or_else(|e| panic!("{e}"))
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(
+        snap_files().len(),
+        1,
+        "building writes the state file only: {:?}",
+        snap_files()
+    );
+    for _ in 0..3 {
+        let current = sm.get_current_snapshot().await.unwrap_or_else(|e| panic!("{e}"));
+        assert!(current.is_some());
+    }
+    let files = snap_files();
+    assert_eq!(
+        files.len(),
+        2,
+        "one sendable file, however often it is asked for: {files:?}"
+    );
+    assert!(files.iter().any(|f| f.starts_with("send-")), "{files:?}");
+
+    // A crash can leave files behind; opening removes whatever is not the current snapshot.
+    std::fs::write(dir.0.join("snapshots").join("received-1-2.snap.part"), b"partial")
+        .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(dir.0.join("snapshots").join("state-0-0.snap"), b"old").unwrap_or_else(|e| panic!("{e}"));
+    drop((sm, db));
+    let (db, sm) = open(&dir).await;
+    assert_eq!(snap_files(), files, "stale files removed, the current ones kept");
+    drop((sm, db));
 }

@@ -304,14 +304,11 @@ async fn three_replicas_survive_the_loss_of_their_leader_and_converge() {
     })
     .await;
     assert_ne!(second, first, "the isolated leader cannot be re-elected");
-    // Followers wait one election timeout (300-600 ms here) before campaigning; a split vote
-    // costs another. A generous multiple keeps this a correctness check, not a timing test.
+    // Reported, not asserted (a timing, not a correctness property; `until` above bounds it at
+    // ELECTION): followers wait one election timeout (300-600 ms here) before campaigning, and
+    // refuse votes while the old leader's lease (one more timeout) lasts.
     let election = isolated_at.elapsed();
     println!("t30: new leader {second} elected {election:?} after leader {first} was cut off");
-    assert!(
-        election < Duration::from_millis(5 * config.election_timeout_max),
-        "a new leader took {election:?}"
-    );
     assert_eq!(agreed_leader(&replicas, &rest).await, second);
 
     // The old leader cannot commit anything on its own.

@@ -40,6 +40,8 @@ use common::TempDir;
 const SNAPSHOT_AFTER: u64 = 300;
 /// Entries kept behind a snapshot.
 const KEEP_BEHIND: u64 = 100;
+/// Log entries the killed leader may have appended after its last status answer.
+const REPLICATION_SLACK: u64 = 200;
 /// The longest any wait in this test may take.
 const PATIENCE: Duration = Duration::from_secs(60);
 
@@ -60,7 +62,10 @@ impl Replica {
             .unwrap_or_else(|e| panic!("log file {}: {e}", self.log.display()));
         let child = Command::new(env!("CARGO_BIN_EXE_ipam-server"))
             .args(&self.args)
-            .env("RUST_LOG", "warn,ipam_server::raft::state_machine=info")
+            .env(
+                "RUST_LOG",
+                "warn,ipam_server::raft::state_machine=info,ipam_server::server=info",
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -192,24 +197,43 @@ async fn export(addr: SocketAddr) -> Vec<pb::Event> {
     events
 }
 
-/// Waits until every replica has applied the same last index and returns their ledgers, cut to
-/// the shortest: the leader's controllers may commit more (cooldowns ending) between one export
-/// and the next, and a ledger only grows, so equal prefixes are what "identical" can mean here.
+/// The last applied index every replica of `addrs` reports, if they all report the same.
+async fn common_applied(addrs: &[SocketAddr]) -> (Option<u64>, Vec<(SocketAddr, Option<pb::ClusterInfo>)>) {
+    let mut applied = BTreeSet::new();
+    let mut views = Vec::new();
+    for addr in addrs {
+        let info = status(*addr).await;
+        applied.insert(info.as_ref().map(|i| i.last_applied_index));
+        views.push((*addr, info));
+    }
+    let common = match applied.into_iter().collect::<Vec<_>>().as_slice() {
+        [Some(index)] => Some(*index),
+        _ => None,
+    };
+    (common, views)
+}
+
+/// Waits until every replica has applied the same entries and nothing more is being written
+/// (the leader's controllers go quiet once cooldowns have ended), and returns their whole
+/// ledgers, exported while nothing changed: the same applied index before and after the exports.
 async fn converged(addrs: &[SocketAddr], logs: &[&Replica]) -> Vec<Vec<pb::Event>> {
     let start = Instant::now();
     loop {
-        let mut applied = BTreeSet::new();
-        let mut views = Vec::new();
-        for addr in addrs {
-            let info = status(*addr).await;
-            applied.insert(info.as_ref().map(|i| i.last_applied_index));
-            views.push((*addr, info));
-        }
-        if applied.len() == 1 && !applied.contains(&None) {
-            break;
+        let (before, views) = common_applied(addrs).await;
+        if let Some(before) = before {
+            tokio::time::sleep(Duration::from_millis(1_000)).await;
+            if common_applied(addrs).await.0 == Some(before) {
+                let mut ledgers = Vec::new();
+                for addr in addrs {
+                    ledgers.push(export(*addr).await);
+                }
+                if common_applied(addrs).await.0 == Some(before) {
+                    return ledgers;
+                }
+            }
         }
         if start.elapsed() >= PATIENCE {
-            let mut report = format!("the replicas did not apply the same entries within {PATIENCE:?}:\n");
+            let mut report = format!("the replicas did not settle on the same entries within {PATIENCE:?}:\n");
             for (addr, info) in views {
                 report.push_str(&format!("  {addr}: {info:?}\n"));
             }
@@ -227,15 +251,6 @@ async fn converged(addrs: &[SocketAddr], logs: &[&Replica]) -> Vec<Vec<pb::Event
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let mut ledgers = Vec::new();
-    for addr in addrs {
-        ledgers.push(export(*addr).await);
-    }
-    let shortest = ledgers.iter().map(Vec::len).min().unwrap_or(0);
-    for ledger in &mut ledgers {
-        ledger.truncate(shortest);
-    }
-    ledgers
 }
 
 /// Replays binds and releases: every address is bound by at most one lease at a time, and
@@ -301,7 +316,9 @@ async fn killing_the_leader_under_load_loses_no_acknowledged_bind() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let leader = agreed_leader(&addrs).await;
     let victim = usize::try_from(leader.id).unwrap_or(0) - 1;
-    let victim_last = leader.last_log_index;
+    // Entries may still reach the victim's log between this status and the kill; a margin of
+    // REPLICATION_SLACK keeps "the purge passed its log" true anyway.
+    let victim_last = leader.last_log_index + REPLICATION_SLACK;
     replicas[victim].kill();
     let survivors: Vec<SocketAddr> = addrs.iter().copied().filter(|a| *a != addrs[victim]).collect();
 
@@ -311,7 +328,7 @@ async fn killing_the_leader_under_load_loses_no_acknowledged_bind() {
     assert_ne!(next.id, leader.id, "a new leader among the survivors");
     eventually("the new leader to purge its log past the killed replica", || async {
         let info = status(next.leader_address.parse().ok()?).await?;
-        (info.snapshot_log_index > victim_last + KEEP_BEHIND + 1).then_some(())
+        (info.purged_log_index > victim_last).then_some(())
     })
     .await;
     replicas[victim].start();
@@ -394,6 +411,16 @@ async fn killing_the_leader_under_load_loses_no_acknowledged_bind() {
     assert_eq!(ledgers[3].first().map(|e| e.seq), Some(1));
     let members = status(fourth_addr).await.map(|i| i.members.len());
     assert_eq!(members, Some(4));
+
+    // Replica 1 loses its disk. On restart with the same flags it would be the one to initialize
+    // a cluster; it must see that its peers already have one, and refuse.
+    replicas[0].kill();
+    std::fs::remove_dir_all(dir.0.join("replica-1")).unwrap_or_else(|e| panic!("wipe replica 1: {e}"));
+    replicas[0].start();
+    eventually("replica 1 to refuse to initialize over an existing cluster", || async {
+        replicas[0].log_text().contains("not initializing: peer").then_some(())
+    })
+    .await;
     drop(fourth);
     drop(replicas);
 }

@@ -378,16 +378,27 @@ impl AgentService for AgentGrpc {
         let split = eni::report_ips_assigned(&req)?;
         let reported: Vec<Ipv4Addr> = split.assigned.iter().chain(&split.unassigned).copied().collect();
         // Only what is still pending: a retry of a half-done report finishes it; a report of a
-        // finished plan is refused as the domain would refuse it.
-        let pending = self
-            .eni_before(&req.node, split.eni, |e| {
-                reported
-                    .iter()
-                    .filter(|ip| e.slots.get(ip) == Some(&Slot::Pending))
-                    .copied()
-                    .collect::<BTreeSet<Ipv4Addr>>()
+        // finished plan is refused as the domain would refuse it. Only the leader can tell (a
+        // follower may not have applied the plan yet): elsewhere everything goes to the leader,
+        // whose `decide` judges it.
+        let pending = match self
+            .replica
+            .read(Consistency::Linearizable, |applied| {
+                let e = applied.state.nodes.get(&req.node)?.enis.get(&split.eni)?;
+                Some(
+                    reported
+                        .iter()
+                        .filter(|ip| e.slots.get(ip) == Some(&Slot::Pending))
+                        .copied()
+                        .collect::<BTreeSet<Ipv4Addr>>(),
+                )
             })
-            .await?;
+            .await
+        {
+            Ok(pending) => pending,
+            Err(ReplicaError::NotLeader { .. }) => None,
+            Err(other) => return Err(replica_status(other)),
+        };
         let split = match pending {
             Some(pending) if pending.is_empty() => {
                 return Err(refusal_status(Refusal {

@@ -93,7 +93,13 @@ impl AuditService for AuditGrpc {
         let (tx, rx) = mpsc::channel(BUFFER);
         tokio::spawn(async move {
             loop {
-                if let Err(error) = ledger.wait_for(next).await {
+                // Stop when the client goes away, even while waiting for events that may never
+                // come (a far-future from_seq, an idle cluster).
+                let waited = tokio::select! {
+                    waited = ledger.wait_for(next) => waited,
+                    () = tx.closed() => return,
+                };
+                if let Err(error) = waited {
                     let _ = tx.send(Err(ledger_status(&error))).await;
                     return;
                 }
@@ -104,6 +110,12 @@ impl AuditService for AuditGrpc {
                         return;
                     }
                 };
+                if page.is_empty() {
+                    // The ledger is being replaced by an installed snapshot; its last seq is
+                    // announced once the import is done.
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
                 for (seq, event) in page {
                     next = seq + 1;
                     if matcher.matches(&event) && tx.send(Ok(event_to_pb(seq, &event))).await.is_err() {

@@ -261,7 +261,8 @@ impl Ec2Budget {
         live_agent(state, agent).map_err(BudgetError::from)
     }
 
-    /// Takes up to `count` tokens of `class` now; a retried request id gets its first grant.
+    /// Takes up to `count` tokens of `class` now; a retried request id gets its first grant (of
+    /// one or more tokens; a refusal is not remembered, so asking again later may succeed).
     pub fn acquire(&self, node: &str, request_id: &RequestId, class: ApiClass, count: u32) -> Grant {
         self.acquire_at(node, request_id, class, count, Instant::now())
     }
@@ -280,6 +281,11 @@ impl Ec2Budget {
                 retry_after: Duration::from_secs(1),
             },
         };
+        // Only a grant of tokens is worth remembering: an agent told to wait and asking again
+        // with the same request id must get a fresh chance, not the same "0, wait" forever.
+        if grant.granted == 0 {
+            return grant;
+        }
         inner.grants.insert(key.clone(), grant);
         inner.order.push_back(key);
         while inner.order.len() > inner.remembered {
@@ -388,6 +394,9 @@ mod tests {
         budget.acquire_at("n", &id("y"), ApiClass::Describe, 1, t0);
         let forgotten = budget.acquire_at("n", &id("a"), ApiClass::Mutating, 5, t0);
         assert_eq!(forgotten.granted, 0);
+        // A refusal is not remembered: the same request, asked again after the refill, gets tokens.
+        let later = budget.acquire_at("m", &id("a"), ApiClass::Mutating, 1, t0 + Duration::from_secs(10));
+        assert_eq!(later.granted, 1, "{later:?}");
     }
 
     #[test]

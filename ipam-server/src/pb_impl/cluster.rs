@@ -91,6 +91,7 @@ pub fn cluster_info(view: &ClusterView) -> pb::ClusterInfo {
         last_log_index: view.last_log_index,
         last_applied_index: view.last_applied_index,
         snapshot_log_index: view.snapshot_log_index,
+        purged_log_index: view.purged_log_index,
         members,
     }
 }
@@ -112,6 +113,7 @@ mod tests {
             last_log_index: 90,
             last_applied_index: 88,
             snapshot_log_index: 50,
+            purged_log_index: 40,
             voters: BTreeMap::from([(1, "10.0.0.1:7400".to_owned()), (3, "10.0.0.3:7400".to_owned())]),
             learners: BTreeMap::from([(2, "10.0.0.2:7400".to_owned())]),
             matched: BTreeMap::from([(3, 85)]),
@@ -126,9 +128,10 @@ mod tests {
                 info.term,
                 info.last_log_index,
                 info.last_applied_index,
-                info.snapshot_log_index
+                info.snapshot_log_index,
+                info.purged_log_index
             ),
-            (4, 90, 88, 50)
+            (4, 90, 88, 50, 40)
         );
         let members: Vec<(u64, pb::MemberRole, u64)> = info
             .members

@@ -58,6 +58,11 @@ use crate::replica::ReplicaError;
 /// The metadata key that names the leader's address in an `Unavailable` answer.
 pub const LEADER_METADATA: &str = "ipam-leader";
 
+/// The largest Raft message (an AppendEntries batch, a snapshot chunk) either side accepts;
+/// tonic's default of 4 MiB would refuse a large batch forever, and openraft would resend it
+/// forever. `raft.snapshot_chunk_bytes` is validated to stay well below.
+pub const MAX_RAFT_MESSAGE: usize = 64 << 20;
+
 /// How long a connection attempt to a peer may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// The longest a forwarded write may take at the leader.
@@ -176,7 +181,9 @@ enum TransportError {
 impl PeerConnection {
     fn client(&self) -> Result<RaftServiceClient<Channel>, TransportError> {
         match &self.channel {
-            Ok(channel) => Ok(RaftServiceClient::new(channel.clone())),
+            Ok(channel) => Ok(RaftServiceClient::new(channel.clone())
+                .max_decoding_message_size(MAX_RAFT_MESSAGE)
+                .max_encoding_message_size(MAX_RAFT_MESSAGE)),
             Err(why) => Err(self.error(format!("unusable address: {why}"))),
         }
     }

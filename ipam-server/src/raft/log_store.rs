@@ -7,29 +7,20 @@
 //!                     "last_purged" ──▶ json(LogId)
 //! ```
 //!
-//! An append is one sled batch, written at once, and a flush; only after the flush is openraft told
-//! (through the [`LogFlushed`] callback) that the entries are durable, so a replica never
-//! acknowledges an entry it could lose to a process kill.
+//! An append is one sled batch and one flush, and only then is openraft told (through the
+//! [`LogFlushed`] callback) that the entries are durable: a replica never acknowledges an entry it
+//! could lose to a process kill.
 //!
-//! The flush is a group commit, off openraft's core loop:
-//!
-//! ```text
-//!   append(entries, callback) ── apply_batch (memory) ──▶ flusher queue ──▶ return
-//!                                                              │
-//!   flusher task:  take every queued callback ── one flush ── callbacks, in order
-//! ```
-//!
-//! Awaiting the flush inside `append` would stall openraft's core (no new writes accepted, no
-//! replication answers handled) for every flush; queued instead, the appends that arrive while a
-//! flush runs share the next one. A sled flush makes durable everything written before it, so
-//! a callback is only ever answered by a flush that started after its batch was applied.
+//! The flush is awaited inside `append`. A group commit (queue the callback, flush many appends
+//! at once off the core loop) buys nothing with openraft 0.9: its core waits for each append's
+//! callback before the next command (`RaftCore::append_to_log`, "a temp wrapper to make
+//! non-blocking append_to_log blocking"), so only one append is ever in flight. It was tried and
+//! removed; it becomes worth doing with a core that pipelines appends.
 
 use std::fmt::Debug;
 use std::io;
 use std::ops::Bound;
 use std::ops::RangeBounds;
-use std::sync::Arc;
-use std::sync::OnceLock;
 
 use openraft::AnyError;
 use openraft::ErrorSubject;
@@ -42,7 +33,6 @@ use openraft::storage::LogFlushed;
 use openraft::storage::RaftLogStorage;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::mpsc;
 
 use crate::raft::codec;
 use crate::raft::codec::CodecError;
@@ -84,28 +74,6 @@ impl LogStoreError {
 pub struct LogStore {
     log: sled::Tree,
     meta: sled::Tree,
-    /// The group-commit queue, started by the first append (which runs inside the runtime).
-    flusher: Arc<OnceLock<mpsc::UnboundedSender<LogFlushed<TypeConfig>>>>,
-}
-
-/// Flushes `tree` once for every group of queued appends, then answers their callbacks in
-/// order. Ends when every [`LogStore`] clone is gone.
-async fn flush_appends(tree: sled::Tree, mut queue: mpsc::UnboundedReceiver<LogFlushed<TypeConfig>>) {
-    let mut waiting = Vec::new();
-    while let Some(first) = queue.recv().await {
-        waiting.push(first);
-        while let Ok(more) = queue.try_recv() {
-            waiting.push(more);
-        }
-        let flushed = tree.flush_async().await;
-        for callback in waiting.drain(..) {
-            let result = match &flushed {
-                Ok(_) => Ok(()),
-                Err(e) => Err(io::Error::other(format!("flushing the Raft log: {e}"))),
-            };
-            callback.log_io_completed(result);
-        }
-    }
 }
 
 /// The key of the entry at `index`: big-endian, so sled's byte order is log order.
@@ -131,7 +99,6 @@ impl LogStore {
         Ok(Self {
             log: db.open_tree(LOG_TREE)?,
             meta: db.open_tree(META_TREE)?,
-            flusher: Arc::default(),
         })
     }
 
@@ -172,22 +139,14 @@ impl LogStore {
         })
     }
 
-    /// Writes `entries` in one batch (not yet durable: see [`flush_appends`]).
-    fn append_batch(&self, entries: impl IntoIterator<Item = Entry>) -> Result<()> {
+    async fn append_batch(&self, entries: impl IntoIterator<Item = Entry>) -> Result<()> {
         let mut batch = sled::Batch::default();
         for entry in entries {
             batch.insert(&key(entry.log_id.index), encode("log entry", &entry)?);
         }
         self.log.apply_batch(batch)?;
+        self.log.flush_async().await?;
         Ok(())
-    }
-
-    fn flusher(&self) -> &mpsc::UnboundedSender<LogFlushed<TypeConfig>> {
-        self.flusher.get_or_init(|| {
-            let (queue, waiting) = mpsc::unbounded_channel();
-            tokio::spawn(flush_appends(self.log.clone(), waiting));
-            queue
-        })
     }
 
     /// Removes every entry in `range` in one batch and flushes.
@@ -259,15 +218,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        match self.append_batch(entries) {
+        match self.append_batch(entries).await {
             Ok(()) => {
-                if let Err(unsent) = self.flusher().send(callback) {
-                    // The flusher only ends with the runtime; flush here rather than lose it.
-                    let flushed = self.log.flush_async().await.map(|_| ());
-                    unsent
-                        .0
-                        .log_io_completed(flushed.map_err(|e| io::Error::other(e.to_string())));
-                }
+                callback.log_io_completed(Ok(()));
                 Ok(())
             }
             Err(e) => {

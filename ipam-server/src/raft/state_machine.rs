@@ -196,9 +196,9 @@ struct Store {
     dir: Arc<PathBuf>,
     /// Makes file names unique within the process.
     sequence: Arc<AtomicU64>,
-    /// The snapshot as sent to other replicas (state + ledger), made on first demand: its
-    /// snapshot id and file.
-    sendable: Arc<tokio::sync::Mutex<Option<(String, PathBuf)>>>,
+    /// Guards the snapshot files: saving a new current snapshot (which deletes the old files)
+    /// and making or reading the sendable one never overlap.
+    files: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Store {
@@ -213,7 +213,7 @@ impl Store {
             snapshot: db.open_tree(SNAPSHOT_TREE)?,
             dir: Arc::new(dir),
             sequence: Arc::new(AtomicU64::new(0)),
-            sendable: Arc::default(),
+            files: Arc::default(),
         })
     }
 
@@ -239,6 +239,7 @@ impl Store {
     /// Makes the complete file `path` the current snapshot unless a newer one is already saved (a
     /// snapshot installed from the leader while this one was being built). Older files go.
     async fn save_snapshot(&self, meta: &SnapshotMeta, path: &Path) -> Result<bool> {
+        let _files = self.files.lock().await;
         let current = self.current_snapshot()?;
         if current
             .as_ref()
@@ -256,9 +257,10 @@ impl Store {
         batch.insert(SNAPSHOT_FILE, encode("snapshot file", &name)?);
         self.snapshot.apply_batch(batch)?;
         self.snapshot.flush_async().await?;
-        // A reader still streaming the old file keeps it open; unlinking does not disturb it.
-        if let Some((_, old)) = current.filter(|(_, old)| old != path) {
+        // A reader still streaming an old file keeps it open; unlinking does not disturb it.
+        if let Some((old_meta, old)) = current.filter(|(_, old)| old != path) {
             let _ = std::fs::remove_file(old);
+            let _ = std::fs::remove_file(self.sendable_path(&old_meta));
         }
         Ok(true)
     }
@@ -344,7 +346,7 @@ impl StateMachine {
     /// sled or the directory failed, or a stored snapshot or event does not decode.
     pub async fn open(db: &sled::Db, snapshot_dir: impl Into<PathBuf>) -> Result<Self> {
         let store = Store::open(db, snapshot_dir.into())?;
-        store.remove_partial_files();
+        store.remove_stale_files()?;
         let applied = store.load().await?;
         tracing::info!(last_applied = ?applied.last_applied, last_seq = applied.last_seq, "state machine opened");
         let (last_seq, _) = tokio::sync::watch::channel(applied.last_seq);
@@ -455,10 +457,9 @@ impl StateMachine {
     }
 
     async fn current_snapshot(&self) -> Result<Option<Snapshot>> {
-        let Some((meta, state_file)) = self.store.current_snapshot()? else {
+        let Some((meta, path)) = self.store.sendable().await? else {
             return Ok(None);
         };
-        let path = self.store.sendable(&meta, state_file).await?;
         let file = tokio::fs::File::open(&path)
             .await
             .map_err(|source| SnapshotError::Io { path, source })?;
@@ -470,19 +471,31 @@ impl StateMachine {
 }
 
 impl Store {
+    /// Where the sendable form of the snapshot `meta` lives: named after the snapshot, so it is
+    /// made once per snapshot however often it is asked for (openraft asks at every start).
+    fn sendable_path(&self, meta: &SnapshotMeta) -> PathBuf {
+        let id: String = meta
+            .snapshot_id
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+            .collect();
+        self.dir.join(format!("send-{id}.snap"))
+    }
+
     /// The current snapshot as another replica receives it: its state, then the ledger up to
-    /// its last event, read from the events tree now. Made once per snapshot and kept until the
-    /// next one, so building a snapshot costs the state only, and the ledger is copied only when
-    /// a replica actually needs it (a new learner, a follower behind the purged log).
-    async fn sendable(&self, meta: &SnapshotMeta, state_file: PathBuf) -> Result<PathBuf> {
-        let mut sendable = self.sendable.lock().await;
-        if let Some((id, path)) = sendable.as_ref()
-            && *id == meta.snapshot_id
-            && path.exists()
-        {
-            return Ok(path.clone());
+    /// its last event, read from the events tree. Made once per snapshot (a sealed file named
+    /// after it), so building a snapshot costs the state only, and the ledger is copied when a
+    /// replica needs it (a new learner, a follower behind the purged log) or openraft asks at
+    /// start-up.
+    async fn sendable(&self) -> Result<Option<(SnapshotMeta, PathBuf)>> {
+        let _files = self.files.lock().await;
+        let Some((meta, state_file)) = self.current_snapshot()? else {
+            return Ok(None);
+        };
+        let path = self.sendable_path(&meta);
+        if path.exists() {
+            return Ok(Some((meta, path)));
         }
-        let path = self.new_file("send");
         let target = path.clone();
         let events = self.events.clone();
         let count = blocking(move || {
@@ -492,22 +505,29 @@ impl Store {
         })
         .await?;
         tracing::info!(%meta, events = count, "snapshot with its ledger made for sending");
-        if let Some((_, old)) = sendable.replace((meta.snapshot_id.clone(), path.clone())) {
-            let _ = std::fs::remove_file(old);
-        }
-        Ok(path)
+        Ok(Some((meta, path)))
     }
 
-    /// Removes `.part` files left by a crash while writing or receiving a snapshot.
-    fn remove_partial_files(&self) {
+    /// Removes what a crash can leave in the snapshot directory: `.part` files, and snapshot
+    /// files that are neither the current snapshot nor its sendable form.
+    fn remove_stale_files(&self) -> Result<()> {
+        let keep: Vec<PathBuf> = match self.current_snapshot()? {
+            Some((meta, file)) => vec![file, self.sendable_path(&meta)],
+            None => Vec::new(),
+        };
         let Ok(entries) = std::fs::read_dir(&*self.dir) else {
-            return;
+            return Ok(());
         };
         for entry in entries.flatten() {
-            if entry.file_name().to_string_lossy().ends_with(".part") {
-                let _ = std::fs::remove_file(entry.path());
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let stale = name.ends_with(".part") || (name.ends_with(".snap") && !keep.contains(&path));
+            if stale {
+                tracing::info!(file = %path.display(), "removing a stale snapshot file");
+                let _ = std::fs::remove_file(path);
             }
         }
+        Ok(())
     }
 }
 

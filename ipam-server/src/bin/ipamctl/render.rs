@@ -582,8 +582,8 @@ pub fn cluster_summary(c: &pb::ClusterInfo) -> String {
         format!("leader {} at {}", c.leader_id, c.leader_address)
     };
     format!(
-        "replica {}: {leader}, term {}, last log {}, applied {}, snapshot {}",
-        c.id, c.term, c.last_log_index, c.last_applied_index, c.snapshot_log_index
+        "replica {}: {leader}, term {}, last log {}, applied {}, snapshot {}, log purged to {}",
+        c.id, c.term, c.last_log_index, c.last_applied_index, c.snapshot_log_index, c.purged_log_index
     )
 }
 
@@ -641,6 +641,7 @@ pub fn cluster_json(c: &pb::ClusterInfo) -> Value {
             "last_log_index": c.last_log_index,
             "last_applied_index": c.last_applied_index,
             "snapshot_log_index": c.snapshot_log_index,
+            "purged_log_index": c.purged_log_index,
             "members": members,
         }
     })
@@ -703,6 +704,7 @@ us-west-2a   subnet-011b111c1f11fdf11   100.64.0.0/19    8187     10       5    
             last_log_index: 42,
             last_applied_index: 41,
             snapshot_log_index: 0,
+            purged_log_index: 0,
             members: vec![
                 pb::ClusterMember {
                     id: 1,
@@ -720,7 +722,7 @@ us-west-2a   subnet-011b111c1f11fdf11   100.64.0.0/19    8187     10       5    
         };
         assert_eq!(
             cluster_summary(&info),
-            "replica 1: leader 1 at 127.0.0.1:7400, term 3, last log 42, applied 41, snapshot 0"
+            "replica 1: leader 1 at 127.0.0.1:7400, term 3, last log 42, applied 41, snapshot 0, log purged to 0"
         );
         let expected = "\
 ID   ADDRESS          ROLE      LEADER   MATCHED
