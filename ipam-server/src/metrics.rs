@@ -679,9 +679,7 @@ mod tests {
     use std::future::Ready;
 
     use ipam_core::Reply;
-    use ipam_core::command::AgentRef;
     use ipam_core::command::CommandBody;
-    use ipam_core::command::EniRequest;
     use ipam_core::command::LeaseSelector;
     use ipam_core::command::NodeSpec;
     use ipam_core::testing::Harness;
@@ -894,16 +892,11 @@ mod tests {
         const NODE: &str = "ip-100-64-1-10.us-west-2.compute.internal";
         let ok = |r: ipam_core::Result<Reply>| r.unwrap_or_else(|e| panic!("refused: {e}"));
         let mut h = Harness::new();
-        ok(h.admin(CommandBody::CreatePool {
-            cidr: "100.64.0.0/16".parse().unwrap_or_else(|e| panic!("{e}")),
-        }));
-        ok(h.admin(CommandBody::UpsertSubnetConfig(subnet_config(
-            "us-west-2a",
-            "subnet-0a1b2c3d",
-            "100.64.1.0/24",
-            "us-west-2a",
-        ))));
-        let spec = NodeSpec {
+        h.subnet(
+            "100.64.0.0/16",
+            subnet_config("us-west-2a", "subnet-0a1b2c3d", "100.64.1.0/24", "us-west-2a"),
+        );
+        let agent = h.register(NodeSpec {
             name: NODE.to_owned(),
             instance_id: "i-0123456789abcdef0".to_owned(),
             instance_type: "m5.large".to_owned(),
@@ -912,14 +905,7 @@ mod tests {
             labels: Default::default(),
             subnet_config: "us-west-2a".to_owned(),
             pod_eni: false,
-        };
-        let Reply::Registered { epoch, .. } = ok(h.agent(NODE, None, CommandBody::RegisterNode(spec))) else {
-            panic!("not registered")
-        };
-        let agent = AgentRef {
-            node: NODE.to_owned(),
-            epoch,
-        };
+        });
         let counts = |h: &Harness| {
             let all = SubnetCounts::from_state(&h.state);
             assert_eq!(all.len(), 1, "{all:?}");
@@ -932,26 +918,7 @@ mod tests {
             "a /24 less AWS's five"
         );
 
-        let Reply::EniPlanned(plan) = ok(h.agent(
-            NODE,
-            Some("eni-0"),
-            CommandBody::PlanEni {
-                agent: agent.clone(),
-                request: EniRequest::Secondary { ips: 9 },
-            },
-        )) else {
-            panic!("no plan")
-        };
-        ok(h.agent(
-            NODE,
-            None,
-            CommandBody::ReportEniAttached {
-                agent: agent.clone(),
-                eni: plan.eni,
-                eni_id: "eni-00000000000000001".to_owned(),
-                mac: "0e:00:00:00:00:01".to_owned(),
-            },
-        ));
+        h.attached_eni(&agent, 9, "eni-00000000000000001", "0e:00:00:00:00:01");
         let warm = counts(&h);
         assert_eq!(
             (warm.free, warm.warm, warm.bound),

@@ -9,12 +9,14 @@ use std::net::Ipv4Addr;
 use crate::command::AgentRef;
 use crate::command::Command;
 use crate::command::CommandBody;
+use crate::command::EniRequest;
 use crate::command::NodeSpec;
 use crate::command::Owner;
 use crate::command::SubnetConfigSpec;
 use crate::decide::Reply;
 use crate::decide::decide;
 use crate::error::Result;
+use crate::event::EniPlan;
 use crate::event::Event;
 use crate::ids::Actor;
 use crate::ids::RequestId;
@@ -86,6 +88,51 @@ impl Harness {
             node: node.to_owned(),
             epoch: self.state.nodes.get(node).map_or(0, |n| n.epoch),
         }
+    }
+
+    /// Creates the pool `pool` and the subnet config `subnet` inside it; panics on a refusal.
+    pub fn subnet(&mut self, pool: &str, subnet: SubnetConfigSpec) {
+        let cidr = pool.parse().unwrap_or_else(|e| panic!("{pool}: {e}"));
+        self.admin(CommandBody::CreatePool { cidr })
+            .unwrap_or_else(|e| panic!("create pool {pool}: {e}"));
+        self.admin(CommandBody::UpsertSubnetConfig(subnet))
+            .unwrap_or_else(|e| panic!("upsert subnet config: {e}"));
+    }
+
+    /// Registers `spec` and returns the node's agent reference; panics on a refusal.
+    pub fn register(&mut self, spec: NodeSpec) -> AgentRef {
+        let node = spec.name.clone();
+        self.agent(
+            &node,
+            Some(&format!("reg-{}", self.index + 1)),
+            CommandBody::RegisterNode(spec),
+        )
+        .unwrap_or_else(|e| panic!("register {node}: {e}"));
+        self.agent_ref(&node)
+    }
+
+    /// Plans a secondary ENI with `ips` addresses for `agent` and reports it attached as EC2 ENI
+    /// `eni_id` with `mac`: the addresses are warm afterwards. Returns the plan; panics on a
+    /// refusal.
+    pub fn attached_eni(&mut self, agent: &AgentRef, ips: u16, eni_id: &str, mac: &str) -> EniPlan {
+        let plan = CommandBody::PlanEni {
+            agent: agent.clone(),
+            request: EniRequest::Secondary { ips },
+        };
+        let request_id = format!("plan-{}", self.index + 1);
+        let plan = match self.agent(&agent.node, Some(&request_id), plan) {
+            Ok(Reply::EniPlanned(plan)) => plan,
+            other => panic!("plan an ENI for {}: {other:?}", agent.node),
+        };
+        let attached = CommandBody::ReportEniAttached {
+            agent: agent.clone(),
+            eni: plan.eni,
+            eni_id: eni_id.to_owned(),
+            mac: mac.to_owned(),
+        };
+        self.agent(&agent.node, None, attached)
+            .unwrap_or_else(|e| panic!("attach ENI {}: {e}", plan.eni));
+        plan
     }
 
     /// The state a replay of every event from scratch gives.

@@ -299,7 +299,6 @@ impl Ec2Budget {
 
 #[cfg(test)]
 mod tests {
-    use ipam_core::CommandBody;
     use ipam_core::limits::InstanceLimits;
     use ipam_core::testing::Harness;
     use ipam_core::testing::node_spec;
@@ -402,36 +401,23 @@ mod tests {
     #[test]
     fn check_agent_fences_unknown_nodes_and_stale_epochs() {
         let mut h = Harness::new();
-        h.admin(CommandBody::CreatePool {
-            cidr: "100.64.0.0/16".parse().unwrap_or_else(|e| panic!("{e}")),
-        })
-        .unwrap_or_else(|e| panic!("{e}"));
-        h.admin(CommandBody::UpsertSubnetConfig(subnet_config(
-            "us-west-2a",
-            "subnet-0a1b2c3d",
-            "100.64.1.0/24",
-            "us-west-2a",
-        )))
-        .unwrap_or_else(|e| panic!("{e}"));
+        h.subnet(
+            "100.64.0.0/16",
+            subnet_config("us-west-2a", "subnet-0a1b2c3d", "100.64.1.0/24", "us-west-2a"),
+        );
         let limits = InstanceLimits {
             max_enis: 3,
             ipv4_per_eni: 10,
             branch_enis: 0,
             trunking: false,
         };
-        h.agent(
+        let agent = h.register(node_spec(
             "n",
-            None,
-            CommandBody::RegisterNode(node_spec(
-                "n",
-                "i-0123456789abcdef0",
-                "us-west-2a",
-                "us-west-2a",
-                limits,
-            )),
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        let agent = h.agent_ref("n");
+            "i-0123456789abcdef0",
+            "us-west-2a",
+            "us-west-2a",
+            limits,
+        ));
         assert_eq!(Ec2Budget::check_agent(&h.state, &agent), Ok(()));
         let stale = AgentRef {
             epoch: agent.epoch - 1,

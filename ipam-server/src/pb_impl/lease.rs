@@ -304,7 +304,6 @@ pub fn gc(req: &pb::GcRequest) -> Result<Write> {
 #[cfg(test)]
 mod tests {
     use ipam_core::Reply;
-    use ipam_core::command::EniRequest;
     use ipam_core::limits::InstanceLimits;
     use ipam_core::testing::Harness;
     use ipam_core::testing::node_spec;
@@ -341,48 +340,18 @@ mod tests {
     /// A node with one attached secondary ENI carrying two warm addresses.
     fn harness() -> (Harness, AgentRef) {
         let mut h = Harness::new();
-        let ok = |r: ipam_core::Result<Reply>| r.unwrap_or_else(|e| panic!("{e}"));
-        ok(h.admin(CommandBody::CreatePool {
-            cidr: "100.64.0.0/16".parse().unwrap_or_else(|e| panic!("{e}")),
-        }));
-        ok(h.admin(CommandBody::UpsertSubnetConfig(subnet_config(
-            AZ,
-            "subnet-0a1b2c3d",
-            "100.64.1.0/24",
-            AZ,
-        ))));
+        h.subnet(
+            "100.64.0.0/16",
+            subnet_config(AZ, "subnet-0a1b2c3d", "100.64.1.0/24", AZ),
+        );
         let limits = InstanceLimits {
             max_enis: 3,
             ipv4_per_eni: 10,
             branch_enis: 0,
             trunking: false,
         };
-        ok(h.agent(
-            NODE,
-            Some("reg"),
-            CommandBody::RegisterNode(node_spec(NODE, "i-0123456789abcdef0", AZ, AZ, limits)),
-        ));
-        let agent = h.agent_ref(NODE);
-        let Reply::EniPlanned(plan) = ok(h.agent(
-            NODE,
-            Some("plan"),
-            CommandBody::PlanEni {
-                agent: agent.clone(),
-                request: EniRequest::Secondary { ips: 2 },
-            },
-        )) else {
-            panic!("no plan")
-        };
-        ok(h.agent(
-            NODE,
-            Some("att"),
-            CommandBody::ReportEniAttached {
-                agent: agent.clone(),
-                eni: plan.eni,
-                eni_id: "eni-0123456789abcdef0".to_owned(),
-                mac: "0a:1b:2c:3d:4e:5f".to_owned(),
-            },
-        ));
+        let agent = h.register(node_spec(NODE, "i-0123456789abcdef0", AZ, AZ, limits));
+        h.attached_eni(&agent, 2, "eni-0123456789abcdef0", "0a:1b:2c:3d:4e:5f");
         (h, agent)
     }
 

@@ -149,7 +149,6 @@ pub fn list_leases(state: &State, req: &pb::ListLeasesRequest) -> Result<pb::Lis
 mod tests {
     use ipam_core::CommandBody;
     use ipam_core::Reply;
-    use ipam_core::command::EniRequest;
     use ipam_core::limits::InstanceLimits;
     use ipam_core::testing::Harness;
     use ipam_core::testing::node_spec;
@@ -164,15 +163,10 @@ mod tests {
     fn harness(binds: u64) -> Harness {
         let mut h = Harness::new();
         let ok = |r: ipam_core::Result<Reply>| r.unwrap_or_else(|e| panic!("{e}"));
-        ok(h.admin(CommandBody::CreatePool {
-            cidr: "100.64.0.0/16".parse().unwrap_or_else(|e| panic!("{e}")),
-        }));
-        ok(h.admin(CommandBody::UpsertSubnetConfig(subnet_config(
-            AZ,
-            "subnet-0a1b2c3d",
-            "100.64.1.0/24",
-            AZ,
-        ))));
+        h.subnet(
+            "100.64.0.0/16",
+            subnet_config(AZ, "subnet-0a1b2c3d", "100.64.1.0/24", AZ),
+        );
         let limits = InstanceLimits {
             max_enis: 3,
             ipv4_per_eni: 10,
@@ -181,32 +175,8 @@ mod tests {
         };
         for (i, node) in ["node-a", "node-b", "node-c"].into_iter().enumerate() {
             let instance = format!("i-0123456789abcdef{i}");
-            ok(h.agent(
-                node,
-                Some("reg"),
-                CommandBody::RegisterNode(node_spec(node, &instance, AZ, AZ, limits)),
-            ));
-            let agent = h.agent_ref(node);
-            let Reply::EniPlanned(plan) = ok(h.agent(
-                node,
-                Some("plan"),
-                CommandBody::PlanEni {
-                    agent: agent.clone(),
-                    request: EniRequest::Secondary { ips: 3 },
-                },
-            )) else {
-                panic!("no plan")
-            };
-            ok(h.agent(
-                node,
-                Some("att"),
-                CommandBody::ReportEniAttached {
-                    agent: agent.clone(),
-                    eni: plan.eni,
-                    eni_id: format!("eni-0123456789abcdef{i}"),
-                    mac: "0a:1b:2c:3d:4e:5f".to_owned(),
-                },
-            ));
+            let agent = h.register(node_spec(node, &instance, AZ, AZ, limits));
+            h.attached_eni(&agent, 3, &format!("eni-0123456789abcdef{i}"), "0a:1b:2c:3d:4e:5f");
             for n in 0..binds {
                 let (owner, meta) = pod(i as u64 * 10 + n, &[]);
                 ok(h.agent(

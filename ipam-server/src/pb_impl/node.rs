@@ -180,19 +180,11 @@ mod tests {
         assert_eq!(spec.labels.get("role").map(String::as_str), Some("worker"));
 
         let mut h = Harness::new();
-        h.admin(CommandBody::CreatePool {
-            cidr: "100.64.0.0/16".parse().unwrap_or_else(|e| panic!("{e}")),
-        })
-        .unwrap_or_else(|e| panic!("{e}"));
-        h.admin(CommandBody::UpsertSubnetConfig(subnet_config(
-            "us-west-2a",
-            "subnet-0a1b2c3d",
-            "100.64.0.0/24",
-            "us-west-2a",
-        )))
-        .unwrap_or_else(|e| panic!("{e}"));
-        h.agent(NODE, Some("reg-1"), CommandBody::RegisterNode(spec.clone()))
-            .unwrap_or_else(|e| panic!("{e}"));
+        h.subnet(
+            "100.64.0.0/16",
+            subnet_config("us-west-2a", "subnet-0a1b2c3d", "100.64.0.0/24", "us-west-2a"),
+        );
+        h.register(spec.clone());
         let node = h.state.nodes.get(NODE).unwrap_or_else(|| panic!("not registered"));
         let pb = node_to_pb(node);
         assert_eq!(pb.name, NODE);

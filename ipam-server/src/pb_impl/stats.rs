@@ -88,15 +88,10 @@ mod tests {
     fn counts_add_up_through_a_life_cycle() {
         let mut h = Harness::new();
         let ok = |r: ipam_core::Result<Reply>| r.unwrap_or_else(|e| panic!("{e}"));
-        ok(h.admin(CommandBody::CreatePool {
-            cidr: "100.64.0.0/16".parse().unwrap_or_else(|e| panic!("{e}")),
-        }));
-        ok(h.admin(CommandBody::UpsertSubnetConfig(subnet_config(
-            AZ,
-            "subnet-0a1b2c3d",
-            "100.64.1.0/28",
-            AZ,
-        ))));
+        h.subnet(
+            "100.64.0.0/16",
+            subnet_config(AZ, "subnet-0a1b2c3d", "100.64.1.0/28", AZ),
+        );
         let empty = stats(&h.state);
         assert_eq!(empty.subnets.len(), 1);
         assert_eq!(empty.subnets[0].total_usable, 11);
@@ -108,12 +103,7 @@ mod tests {
             branch_enis: 0,
             trunking: false,
         };
-        ok(h.agent(
-            NODE,
-            Some("reg"),
-            CommandBody::RegisterNode(node_spec(NODE, "i-0123456789abcdef0", AZ, AZ, limits)),
-        ));
-        let agent = h.agent_ref(NODE);
+        let agent = h.register(node_spec(NODE, "i-0123456789abcdef0", AZ, AZ, limits));
         let Reply::EniPlanned(plan) = ok(h.agent(
             NODE,
             Some("plan"),
