@@ -164,6 +164,40 @@ impl Default for ControllersConfig {
     }
 }
 
+/// The ledger's retention.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LedgerConfig {
+    /// How long events are kept, e.g. "400d"; unset keeps everything (the default). Events that
+    /// explain a lease still live are kept until it ends, however old. Each replica prunes its
+    /// own copy: give every replica the same value.
+    #[serde(deserialize_with = "human_duration")]
+    pub retention: Option<Duration>,
+    /// How often a replica with a retention prunes, ms.
+    pub prune_interval_ms: u64,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        Self {
+            retention: None,
+            prune_interval_ms: 60_000,
+        }
+    }
+}
+
+/// A duration written as humantime does ("90d", "1h 30m").
+fn human_duration<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> std::result::Result<Option<Duration>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    humantime::parse_duration(&text).map(Some).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "{text:?} is not a duration ({e}); write e.g. \"90d\" or \"12h\""
+        ))
+    })
+}
+
 /// Everything a replica needs to start.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -188,6 +222,8 @@ pub struct ServerConfig {
     pub raft: RaftConfig,
     /// The leader-only controllers.
     pub controllers: ControllersConfig,
+    /// The ledger's retention.
+    pub ledger: LedgerConfig,
     /// Logs, traces.
     pub telemetry: TelemetryConfig,
 }
@@ -204,6 +240,7 @@ impl Default for ServerConfig {
             join: false,
             raft: RaftConfig::default(),
             controllers: ControllersConfig::default(),
+            ledger: LedgerConfig::default(),
             telemetry: TelemetryConfig::default(),
         }
     }
@@ -357,6 +394,15 @@ impl ServerConfig {
         }
         if self.controllers.tick_ms == 0 {
             return invalid("controllers.tick_ms", "must be at least 1".to_owned());
+        }
+        if self.ledger.retention.is_some_and(|r| r < Duration::from_secs(1)) {
+            return invalid(
+                "ledger.retention",
+                "must be at least 1s (unset keeps everything)".to_owned(),
+            );
+        }
+        if self.ledger.prune_interval_ms < 100 {
+            return invalid("ledger.prune_interval_ms", "must be at least 100".to_owned());
         }
         self.openraft()?;
         Ok(())

@@ -66,6 +66,9 @@ struct Args {
     /// Log entries kept behind a snapshot for lagging followers.
     #[arg(long, env = "IPAM_KEEP_ENTRIES_BEHIND_SNAPSHOT")]
     keep_entries_behind_snapshot: Option<u64>,
+    /// How long the ledger keeps events (e.g. 400d); unset keeps everything.
+    #[arg(long, env = "IPAM_LEDGER_RETENTION", value_parser = humantime::parse_duration)]
+    ledger_retention: Option<std::time::Duration>,
 }
 
 impl Args {
@@ -108,6 +111,9 @@ impl Args {
         }
         if let Some(n) = self.keep_entries_behind_snapshot {
             config.raft.keep_entries_behind_snapshot = n;
+        }
+        if self.ledger_retention.is_some() {
+            config.ledger.retention = self.ledger_retention;
         }
         config.validate()?;
         Ok(config)

@@ -39,6 +39,7 @@ use crate::grpc::raft::RaftGrpc;
 use crate::http;
 use crate::http::Health;
 use crate::http::Readiness;
+use crate::ledger::retention::Retention;
 use crate::metrics;
 use crate::metrics::GrpcMetricsLayer;
 use crate::metrics::Metrics;
@@ -273,6 +274,28 @@ async fn existing_cluster(own_id: u64, members: &BTreeMap<u64, String>) -> Optio
     None
 }
 
+/// Prunes the ledger every `interval`: events older than `keep` go (see `ledger::retention`).
+async fn prune_ledger(retention: Retention, keep: Duration, interval: Duration, stop: &mut watch::Receiver<bool>) {
+    let keep_ms = u64::try_from(keep.as_millis()).unwrap_or(u64::MAX);
+    loop {
+        let cutoff = crate::replica::now_ms().saturating_sub(keep_ms);
+        match retention.prune(cutoff).await {
+            Ok(pruned) if pruned.removed > 0 => tracing::info!(
+                removed = pruned.removed,
+                kept_for_live_leases = pruned.kept,
+                horizon_seq = pruned.horizon.seq,
+                "ledger pruned"
+            ),
+            Ok(_) => {}
+            Err(error) => tracing::error!(%error, "ledger pruning failed; trying again at the next interval"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
 /// Starts a replica as `config` says.
 ///
 /// # Errors
@@ -295,6 +318,7 @@ pub async fn start(config: ServerConfig) -> Result<Running> {
     let applied = state_machine.applied();
     let applied_for_metrics = state_machine.applied();
     let ledger = state_machine.ledger();
+    let retention = state_machine.retention();
 
     let listener = TcpListener::bind(config.listen)
         .await
@@ -358,7 +382,7 @@ pub async fn start(config: ServerConfig) -> Result<Running> {
             replica.clone(),
             advertise.clone(),
         )))
-        .add_service(AuditServiceServer::new(AuditGrpc::new(ledger)));
+        .add_service(AuditServiceServer::new(AuditGrpc::new(replica.clone(), ledger)));
     let mut grpc_shutdown = shutdown_rx.clone();
     tasks.spawn(async move {
         router
@@ -401,6 +425,15 @@ pub async fn start(config: ServerConfig) -> Result<Running> {
             .await
             .map_err(|e| ServerError::Serve(format!("tick controller: {e}")))
     });
+
+    if let Some(keep) = config.ledger.retention {
+        let interval = Duration::from_millis(config.ledger.prune_interval_ms);
+        let mut stop = shutdown_rx.clone();
+        tasks.spawn(async move {
+            prune_ledger(retention, keep, interval, &mut stop).await;
+            Ok(())
+        });
+    }
 
     let initialized = replica
         .raft()

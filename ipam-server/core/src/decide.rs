@@ -141,6 +141,7 @@ pub fn decide(state: &State, cmd: &Command) -> Result<Decision> {
     let mut d = Decider {
         state,
         cmd,
+        at: state.command_time(cmd.at),
         events: Vec::new(),
     };
     if let Some(agent) = cmd.body.agent() {
@@ -237,6 +238,9 @@ impl CommandBody {
 struct Decider<'a> {
     state: &'a State,
     cmd: &'a Command,
+    /// The time the command is decided at: its stamp, or the ledger's latest time if that is
+    /// later ([`State::command_time`]).
+    at: Timestamp,
     events: Vec<Event>,
 }
 
@@ -244,7 +248,7 @@ impl<'a> Decider<'a> {
     fn emit(&mut self, kind: EventKind) {
         self.events.push(Event {
             index: self.cmd.index,
-            at: self.cmd.at,
+            at: self.at,
             actor: self.cmd.actor.clone(),
             kind,
         });
@@ -374,9 +378,9 @@ impl<'a> Decider<'a> {
             CommandBody::Heartbeat(agent) => {
                 let node = self.agent_node(agent)?;
                 let ttl = self.settings().heartbeat_ttl_ms;
-                let deadline = cmd.at.saturating_add(ttl);
+                let deadline = self.at.saturating_add(ttl);
                 // Coalesce: a heartbeat only becomes an event once half the TTL has been used.
-                if node.deadline >= cmd.at.saturating_add(ttl / 2) {
+                if node.deadline >= self.at.saturating_add(ttl / 2) {
                     return Ok(Reply::Heartbeat {
                         deadline: node.deadline,
                     });
@@ -730,7 +734,7 @@ impl<'a> Decider<'a> {
                 self.remove_node(old, ReleaseReason::NodeRemoved);
             }
         }
-        let deadline = self.cmd.at.saturating_add(self.settings().heartbeat_ttl_ms);
+        let deadline = self.at.saturating_add(self.settings().heartbeat_ttl_ms);
         self.emit(EventKind::NodeRegistered {
             spec: spec.clone(),
             limits,
@@ -922,7 +926,7 @@ impl<'a> Decider<'a> {
             vlan,
             security_groups,
             owner: owner.clone(),
-            bound_at: self.cmd.at,
+            bound_at: self.at,
         };
         Ok(self.answer(EventKind::IpBound {
             lease,
@@ -935,7 +939,7 @@ impl<'a> Decider<'a> {
             Some(_) => self.settings().branch_cooldown_ms,
             None => self.settings().ip_cooldown_ms,
         };
-        let cooling_until = self.cmd.at.saturating_add(cooldown);
+        let cooling_until = self.at.saturating_add(cooldown);
         self.answer(EventKind::IpReleased {
             lease: lease.clone(),
             reason,
@@ -945,7 +949,7 @@ impl<'a> Decider<'a> {
     }
 
     fn tick(&mut self) -> Reply {
-        let now = self.cmd.at;
+        let now = self.at;
         let mut expired = Vec::new();
         let due = self.state.deadlines.iter().take_while(|(deadline, _)| *deadline <= now);
         for node in due.filter_map(|(_, name)| self.state.nodes.get(name)) {

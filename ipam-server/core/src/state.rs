@@ -319,9 +319,21 @@ pub struct State {
     pub deadlines: BTreeSet<(Timestamp, String)>,
     /// Log index of the last applied event.
     pub last_index: LogIndex,
+    /// The latest time any applied event carries. Ledger time never goes backwards: a command
+    /// stamped earlier (a new leader whose clock is behind the old one's) is decided at this
+    /// time instead ([`State::command_time`]), so "the event at time T" is a seek, not a scan.
+    #[serde(default)]
+    pub last_at: Timestamp,
 }
 
 impl State {
+    /// The time a command stamped `stamp` is decided at: the stamp, unless an applied event is
+    /// later (the stamping leader's clock is behind its predecessor's). Keeps ledger time
+    /// monotonic, which the ledger's time index relies on.
+    pub fn command_time(&self, stamp: Timestamp) -> Timestamp {
+        stamp.max(self.last_at)
+    }
+
     /// The node `agent` speaks for, if the agent is its current, live registration: the check
     /// every agent command passes first (unknown node, stale epoch, expired node are refused).
     ///
@@ -358,6 +370,7 @@ impl State {
     /// Folds one event in. Never fails: `decide` checked everything before the event existed.
     pub fn apply(&mut self, event: &Event) {
         self.last_index = self.last_index.max(event.index);
+        self.last_at = self.last_at.max(event.at);
         if let Some((node, id)) = event.kind.request()
             && let Some(reply) = Reply::of_event(&event.kind)
             && let Some(n) = self.nodes.get_mut(node)

@@ -364,3 +364,29 @@ fn the_seed_policy_gives_the_two_nginx_pods_branch_enis_and_others_share() {
     check_invariants(&h.state).unwrap_or_else(|e| panic!("{e}"));
     let _: Ipv4Addr = a.ip;
 }
+
+#[test]
+fn a_leader_whose_clock_is_behind_never_moves_ledger_time_backwards() {
+    let (mut h, agent) = cluster(false);
+    let p = plan(&mut h, &agent, EniRequest::Secondary { ips: 2 }, "plan-1");
+    attach(&mut h, &agent, p.eni);
+    let first = bind(&mut h, &agent, 1, &[]).unwrap_or_else(|e| panic!("{e}"));
+    let latest = h.state.last_at;
+    assert_eq!(first.bound_at, latest);
+    // A new leader stamps the next command a minute earlier than the last event.
+    h.now = latest - 60_000;
+    let second = bind(&mut h, &agent, 2, &[]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        second.bound_at, latest,
+        "decided at the ledger's latest time, not the stamp"
+    );
+    let times: Vec<u64> = h.events.iter().map(|e| e.at).collect();
+    assert!(
+        times.windows(2).all(|w| w[0] <= w[1]),
+        "ledger time went backwards: {times:?}"
+    );
+    // A later stamp moves time on as usual.
+    h.now = latest + 5;
+    ok(release(&mut h, &agent, second.id));
+    assert_eq!(h.state.last_at, latest + 5);
+}

@@ -34,6 +34,13 @@ pub fn ip(field: &str, value: &str) -> Result<Ipv4Addr> {
             field: field.to_owned(),
         });
     }
+    if value.parse::<std::net::Ipv6Addr>().is_ok() {
+        return Err(PbError::OutOfRange {
+            field: field.to_owned(),
+            value: value.to_owned(),
+            why: "an IPv6 address; this IPAM leases IPv4 addresses only (pods' 100.64/10 addresses)".to_owned(),
+        });
+    }
     value.parse().map_err(|_| PbError::InvalidIp {
         field: field.to_owned(),
         value: value.to_owned(),
@@ -177,7 +184,7 @@ mod tests {
     #[test]
     fn addresses() {
         assert_eq!(ip("ip", "100.64.3.48"), Ok(Ipv4Addr::new(100, 64, 3, 48)));
-        for bad in ["100.64.3", "100.64.3.256", "::1", "100.64.3.48/32", " 100.64.3.48"] {
+        for bad in ["100.64.3", "100.64.3.256", "100.64.3.48/32", " 100.64.3.48"] {
             assert_eq!(
                 ip("ip", bad),
                 Err(PbError::InvalidIp {
@@ -188,6 +195,12 @@ mod tests {
             );
         }
         assert_eq!(ip("ip", ""), Err(PbError::Empty { field: "ip".to_owned() }));
+        // Another family is named as such, not as a typo.
+        let v6 = ip("ip", "::1").map_err(|e| e.to_string());
+        assert!(
+            v6.as_ref().is_err_and(|e| e.contains("IPv6") && e.contains("IPv4 addresses only")),
+            "{v6:?}"
+        );
         assert_eq!(optional_ip("primary_ip", ""), Ok(None));
         assert_eq!(
             optional_ip("primary_ip", "10.0.0.1"),

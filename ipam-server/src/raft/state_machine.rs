@@ -12,6 +12,7 @@
 //!        ▼  one sled transaction per `apply` call:
 //!   tree "events"       be_u64(seq) ──▶ json(Event { index, at, actor, kind })   (the ledger;
 //!                       seq: 1, 2, 3 … gapless, the same on every replica)
+//!   tree "ledger_index" the ledger's indexes (`ledger::index`) and retention horizon
 //!   tree "sm_meta"      "last_applied", "membership"
 //!
 //!   tree "sm_snapshot"  "meta" ──▶ json(SnapshotMeta), "file" ──▶ its file name
@@ -54,7 +55,11 @@ use serde::de::DeserializeOwned;
 use sled::Transactional;
 use tokio::sync::RwLock;
 
+use crate::ledger::Horizon;
 use crate::ledger::Ledger;
+use crate::ledger::LedgerError;
+use crate::ledger::index;
+use crate::ledger::retention::Retention;
 use crate::raft::codec;
 use crate::raft::codec::CodecError;
 use crate::raft::snapshot;
@@ -75,8 +80,12 @@ const LAST_APPLIED: &str = "last_applied";
 const MEMBERSHIP: &str = "membership";
 const SNAPSHOT_META: &str = "meta";
 const SNAPSHOT_FILE: &str = "file";
-/// Events per sled batch when importing a snapshot's ledger.
+/// Events per sled batch when importing a snapshot's ledger or rebuilding its indexes.
 const IMPORT_BATCH: usize = 10_000;
+/// The index layout's version, stored in the index tree; a different (or no) version on open
+/// rebuilds the indexes from the events.
+const INDEX_VERSION_KEY: &[u8] = b"v";
+const INDEX_VERSION: u32 = 1;
 
 /// Why a state machine operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +116,9 @@ pub enum StateMachineError {
     /// A blocking task (snapshot file work) did not finish.
     #[error("snapshot task failed: {0}")]
     Task(String),
+    /// The ledger's own records are damaged.
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
 }
 
 /// `Result` with [`StateMachineError`].
@@ -171,10 +183,27 @@ pub struct Applied {
     pub membership: StoredMembership,
     /// The domain state after `last_applied`.
     pub state: State,
+    /// How far this replica's ledger retention has pruned (nothing by default).
+    #[serde(default)]
+    pub horizon: Horizon,
 }
 
 /// A handle on the applied state, shared between Raft and readers.
 pub type SharedApplied = Arc<RwLock<Applied>>;
+
+/// How the state machine keeps its ledger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Options {
+    /// Whether events are indexed. Always on in a server; off only to measure what indexing
+    /// costs (the ledger benchmark), and then WhoHad and History find nothing.
+    pub index: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { index: true }
+    }
+}
 
 /// The sled-backed state machine.
 #[derive(Debug)]
@@ -191,7 +220,9 @@ pub struct StateMachine {
 #[derive(Debug, Clone)]
 struct Store {
     events: sled::Tree,
+    index: sled::Tree,
     meta: sled::Tree,
+    options: Options,
     snapshot: sled::Tree,
     dir: Arc<PathBuf>,
     /// Makes file names unique within the process.
@@ -202,14 +233,16 @@ struct Store {
 }
 
 impl Store {
-    fn open(db: &sled::Db, dir: PathBuf) -> Result<Self> {
+    fn open(db: &sled::Db, dir: PathBuf, options: Options) -> Result<Self> {
         std::fs::create_dir_all(&dir).map_err(|source| StateMachineError::SnapshotDir {
             path: dir.clone(),
             source,
         })?;
         Ok(Self {
             events: db.open_tree(EVENTS_TREE)?,
+            index: db.open_tree(index::INDEX_TREE)?,
             meta: db.open_tree(META_TREE)?,
+            options,
             snapshot: db.open_tree(SNAPSHOT_TREE)?,
             dir: Arc::new(dir),
             sequence: Arc::new(AtomicU64::new(0)),
@@ -265,17 +298,52 @@ impl Store {
         Ok(true)
     }
 
-    /// Writes the events of one `apply` call with the new last-applied position, atomically.
-    fn save_applied(&self, events: &sled::Batch, applied: &Applied) -> Result<()> {
+    /// Writes the events of one `apply` call and their index entries with the new last-applied
+    /// position, atomically.
+    fn save_applied(&self, events: &sled::Batch, entries: &sled::Batch, applied: &Applied) -> Result<()> {
         let mut meta = sled::Batch::default();
         meta.insert(LAST_APPLIED, encode(LAST_APPLIED, &applied.last_applied)?);
         meta.insert(MEMBERSHIP, encode(MEMBERSHIP, &applied.membership)?);
-        (&self.events, &self.meta).transaction(|(events_tx, meta_tx)| {
+        (&self.events, &self.index, &self.meta).transaction(|(events_tx, index_tx, meta_tx)| {
             events_tx.apply_batch(events)?;
+            index_tx.apply_batch(entries)?;
             meta_tx.apply_batch(&meta)?;
             Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
         })?;
         Ok(())
+    }
+
+    /// Rebuilds the indexes from the events, with `horizon` as the retention horizon: after an
+    /// import, or when the stored index layout is not this version's.
+    fn rebuild_index(&self, horizon: Horizon) -> Result<u64> {
+        self.index.clear()?;
+        let mut batch = sled::Batch::default();
+        let mut in_batch = 0;
+        let mut previous_index = None;
+        let mut count = 0;
+        if self.options.index {
+            for kv in &self.events {
+                let (key, value) = kv?;
+                let event: Event = decode("event", &value)?;
+                index::stage(&mut batch, seq_of(&key)?, &event, previous_index != Some(event.index));
+                previous_index = Some(event.index);
+                count += 1;
+                in_batch += 1;
+                if in_batch == IMPORT_BATCH {
+                    self.index.apply_batch(std::mem::take(&mut batch))?;
+                    in_batch = 0;
+                }
+            }
+        }
+        horizon.stage(&mut batch);
+        batch.insert(INDEX_VERSION_KEY, &INDEX_VERSION.to_be_bytes()[..]);
+        self.index.apply_batch(batch)?;
+        Ok(count)
+    }
+
+    /// Whether the stored indexes are this version's.
+    fn index_current(&self) -> Result<bool> {
+        Ok(self.index.get(INDEX_VERSION_KEY)?.as_deref() == Some(&INDEX_VERSION.to_be_bytes()[..]))
     }
 
     /// Rebuilds what was applied: the last snapshot's state, then every event logged after it.
@@ -302,6 +370,19 @@ impl Store {
                 applied.membership = membership;
             }
         }
+        if self.index_current()? {
+            applied.horizon = Horizon::load(&self.index)?;
+        } else {
+            let store = self.clone();
+            // The horizon record outlives a layout change (it is rewritten as it was).
+            let horizon = match Horizon::load(&self.index)? {
+                stored if stored != Horizon::default() => stored,
+                _ => applied.horizon,
+            };
+            applied.horizon = horizon;
+            let count = blocking(move || store.rebuild_index(horizon)).await?;
+            tracing::info!(events = count, "ledger indexes rebuilt");
+        }
         Ok(applied)
     }
 
@@ -310,10 +391,11 @@ impl Store {
     /// then the applied position moves.
     async fn import(&self, meta: &SnapshotMeta, path: PathBuf) -> Result<Applied> {
         self.save_snapshot(meta, &path).await?;
+        let store = self.clone();
         let events = self.events.clone();
         let reader_path = path.clone();
         let mut installed = blocking(move || {
-            let (applied, mut reader) = snapshot::Reader::open(&reader_path)?;
+            let (mut applied, mut reader) = snapshot::Reader::open(&reader_path)?;
             events.clear()?;
             let mut batch = sled::Batch::default();
             let mut in_batch = 0;
@@ -326,12 +408,16 @@ impl Store {
                 }
             }
             events.apply_batch(batch)?;
+            // The sender's horizon may lie past this snapshot's last event; what arrives after
+            // it through the log is this replica's to prune.
+            applied.horizon.pruned_to = applied.horizon.pruned_to.min(applied.last_seq + 1);
+            store.rebuild_index(applied.horizon)?;
             Ok(applied)
         })
         .await?;
         installed.last_applied = meta.last_log_id;
         installed.membership = meta.last_membership.clone();
-        self.save_applied(&sled::Batch::default(), &installed)?;
+        self.save_applied(&sled::Batch::default(), &sled::Batch::default(), &installed)?;
         self.events.flush_async().await?;
         Ok(installed)
     }
@@ -345,7 +431,16 @@ impl StateMachine {
     ///
     /// sled or the directory failed, or a stored snapshot or event does not decode.
     pub async fn open(db: &sled::Db, snapshot_dir: impl Into<PathBuf>) -> Result<Self> {
-        let store = Store::open(db, snapshot_dir.into())?;
+        Self::open_with(db, snapshot_dir, Options::default()).await
+    }
+
+    /// [`StateMachine::open`] with `options`.
+    ///
+    /// # Errors
+    ///
+    /// As [`StateMachine::open`].
+    pub async fn open_with(db: &sled::Db, snapshot_dir: impl Into<PathBuf>, options: Options) -> Result<Self> {
+        let store = Store::open(db, snapshot_dir.into(), options)?;
         store.remove_stale_files()?;
         let applied = store.load().await?;
         tracing::info!(last_applied = ?applied.last_applied, last_seq = applied.last_seq, "state machine opened");
@@ -365,12 +460,27 @@ impl StateMachine {
 
     /// A reader of the ledger.
     pub fn ledger(&self) -> Ledger {
-        Ledger::new(self.store.events.clone(), self.last_seq.subscribe())
+        Ledger::new(
+            self.store.events.clone(),
+            self.store.index.clone(),
+            self.last_seq.subscribe(),
+        )
+    }
+
+    /// The pruner of this replica's ledger.
+    pub fn retention(&self) -> Retention {
+        Retention::new(
+            self.applied(),
+            self.store.events.clone(),
+            self.store.index.clone(),
+            Arc::clone(&self.store.files),
+        )
     }
 
     async fn apply_entries(&mut self, entries: impl IntoIterator<Item = Entry>) -> Result<Vec<Outcome>> {
         let mut applied = self.applied.write().await;
         let mut events = sled::Batch::default();
+        let mut index_entries = sled::Batch::default();
         let mut outcomes = Vec::new();
         for entry in entries {
             let index = entry.log_id.index;
@@ -384,9 +494,18 @@ impl StateMachine {
                     let command = proposal.into_command(index);
                     match decide(&applied.state, &command) {
                         Ok(decision) => {
-                            for event in &decision.events {
+                            for (i, event) in decision.events.iter().enumerate() {
                                 applied.last_seq += 1;
                                 events.insert(&event_key(applied.last_seq), encode("event", event)?);
+                                if self.store.options.index {
+                                    index::stage(&mut index_entries, applied.last_seq, event, i == 0);
+                                    self.store.release_kept_bind(
+                                        &mut events,
+                                        &mut index_entries,
+                                        applied.horizon,
+                                        event,
+                                    )?;
+                                }
                                 applied.state.apply(event);
                             }
                             Outcome::from(Ok(decision.reply))
@@ -403,7 +522,7 @@ impl StateMachine {
         }
         // A failure here leaves the in-memory state ahead of sled; openraft then stops the
         // replica, and a restart rebuilds from what sled has.
-        self.store.save_applied(&events, &applied)?;
+        self.store.save_applied(&events, &index_entries, &applied)?;
         self.last_seq.send_replace(applied.last_seq);
         Ok(outcomes)
     }
@@ -471,6 +590,43 @@ impl StateMachine {
 }
 
 impl Store {
+    /// When `event` releases a lease whose bind retention kept below the horizon (it explained
+    /// a live lease), the bind goes now: adds its removal to the batches.
+    fn release_kept_bind(
+        &self,
+        events: &mut sled::Batch,
+        entries: &mut sled::Batch,
+        horizon: Horizon,
+        event: &Event,
+    ) -> Result<()> {
+        let ipam_core::EventKind::IpReleased { lease, .. } = &event.kind else {
+            return Ok(());
+        };
+        if !horizon.is_pruned() {
+            return Ok(());
+        }
+        let record = self
+            .index
+            .get(index::binding_key(lease.ip, lease.id))?
+            .and_then(|value| index::BindingRecord::decode(&value));
+        if let Some(index::BindingRecord::Bound { seq, .. }) = record
+            && seq < horizon.seq
+        {
+            let bind = Event {
+                index: lease.id,
+                at: lease.bound_at,
+                actor: event.actor.clone(),
+                kind: ipam_core::EventKind::IpBound {
+                    lease: lease.clone(),
+                    request_id: None,
+                },
+            };
+            events.remove(&event_key(seq));
+            index::unstage(entries, seq, &bind);
+        }
+        Ok(())
+    }
+
     /// Where the sendable form of the snapshot `meta` lives: named after the snapshot, so it is
     /// made once per snapshot however often it is asked for (openraft asks at every start).
     fn sendable_path(&self, meta: &SnapshotMeta) -> PathBuf {
@@ -498,8 +654,12 @@ impl Store {
         }
         let target = path.clone();
         let events = self.events.clone();
+        // Retention may have pruned since the snapshot was built: the file says how far, so the
+        // receiver does not take the missing events for a gap.
+        let horizon = Horizon::load(&self.index)?;
         let count = blocking(move || {
-            let (applied, _) = snapshot::Reader::open(&state_file)?;
+            let (mut applied, _) = snapshot::Reader::open(&state_file)?;
+            applied.horizon = horizon;
             let end = event_key(applied.last_seq);
             Ok(snapshot::write(&target, &applied, events.range(..=end))?)
         })

@@ -1,0 +1,159 @@
+//! Retention: pruning the ledger's oldest events, when the operator asks for it (the default
+//! keeps everything). Each replica prunes its own copy by its own configuration (set it the same
+//! on every replica); the Raft log compacts independently of this.
+//!
+//! ```text
+//!   prune(cutoff)
+//!     1. horizon := { seq: seq_at(cutoff), at: cutoff }      saved first: from here on queries
+//!                                                             before `cutoff` are refused
+//!     2. events in [pruned_to, horizon.seq), a chunk at a time, under the state machine's lock:
+//!          IpBound of a lease still live ─▶ kept (it explains that lease)
+//!          anything else                ─▶ event and its index entries removed
+//!        pruned_to := chunk end                               (a restart resumes here)
+//!
+//!   later, when a kept bind's lease is released ─▶ the state machine removes the bind then
+//! ```
+//!
+//! A chunk holds the state machine's lock (and the snapshot files' lock) for a few
+//! milliseconds, so applying and sending snapshots interleave with a long pass.
+
+use std::sync::Arc;
+
+use ipam_core::Event;
+use ipam_core::EventKind;
+use ipam_core::ids::Timestamp;
+use ipam_core::state::State;
+use sled::Transactional;
+
+use crate::ledger::Horizon;
+use crate::ledger::LedgerError;
+use crate::ledger::Result;
+use crate::ledger::index;
+use crate::raft::codec;
+use crate::raft::state_machine::SharedApplied;
+use crate::raft::state_machine::event_key;
+
+/// Events examined per chunk (one sled transaction, one hold of the lock).
+const CHUNK: u64 = 2_000;
+
+/// What a pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// The horizon after the pass.
+    pub horizon: Horizon,
+    /// Events removed.
+    pub removed: u64,
+    /// Events below the horizon kept because they explain a live lease.
+    pub kept: u64,
+}
+
+/// Prunes one replica's ledger (cheap to clone).
+#[derive(Debug, Clone)]
+pub struct Retention {
+    applied: SharedApplied,
+    events: sled::Tree,
+    index: sled::Tree,
+    files: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// Whether `event` explains a lease that is live in `state`: the bind of a lease still held.
+pub fn explains_live_lease(state: &State, event: &Event) -> bool {
+    match &event.kind {
+        EventKind::IpBound { lease, .. } => state
+            .nodes
+            .get(&lease.node)
+            .is_some_and(|node| node.leases.contains_key(&lease.id)),
+        _ => false,
+    }
+}
+
+impl Retention {
+    /// Prunes the ledger behind `applied` (trees `events` and `index`), taking `files` (the
+    /// state machine's snapshot-files lock) while it deletes.
+    pub fn new(
+        applied: SharedApplied,
+        events: sled::Tree,
+        index: sled::Tree,
+        files: Arc<tokio::sync::Mutex<()>>,
+    ) -> Self {
+        Self {
+            applied,
+            events,
+            index,
+            files,
+        }
+    }
+
+    /// Removes the events before `cutoff`, except those that explain a live lease.
+    ///
+    /// # Errors
+    ///
+    /// sled failed or an event does not decode; what was removed before the failure stays
+    /// removed and the horizon says so.
+    pub async fn prune(&self, cutoff: Timestamp) -> Result<Pruned> {
+        let mut pruned = Pruned::default();
+        {
+            let mut applied = self.applied.write().await;
+            let mut horizon = Horizon::load(&self.index)?;
+            let target = index::seq_at(&self.index, cutoff, applied.last_seq)?;
+            if target > horizon.seq.max(1) {
+                horizon = Horizon {
+                    seq: target,
+                    at: cutoff,
+                    pruned_to: horizon.pruned_to.max(1),
+                };
+                let mut batch = sled::Batch::default();
+                horizon.stage(&mut batch);
+                self.index.apply_batch(batch)?;
+                applied.horizon = horizon;
+                tracing::info!(seq = horizon.seq, cutoff = %crate::ledger::format_ms(cutoff), "ledger retention horizon moved");
+            }
+            pruned.horizon = horizon;
+        }
+        loop {
+            let _files = self.files.lock().await;
+            let mut applied = self.applied.write().await;
+            let mut horizon = Horizon::load(&self.index)?;
+            if horizon.pruned_to >= horizon.seq {
+                pruned.horizon = horizon;
+                return Ok(pruned);
+            }
+            let end = horizon.seq.min(horizon.pruned_to.saturating_add(CHUNK));
+            let mut events = sled::Batch::default();
+            let mut entries = sled::Batch::default();
+            for kv in self.events.range(event_key(horizon.pruned_to)..event_key(end)) {
+                let (key, value) = kv?;
+                let seq = key
+                    .as_ref()
+                    .try_into()
+                    .map(u64::from_be_bytes)
+                    .map_err(|_| LedgerError::Key(key.len()))?;
+                let event: Event = codec::decode("event", &value)?;
+                if explains_live_lease(&applied.state, &event) {
+                    pruned.kept += 1;
+                    continue;
+                }
+                events.remove(&key);
+                index::unstage(&mut entries, seq, &event);
+                pruned.removed += 1;
+            }
+            horizon.pruned_to = end;
+            horizon.stage(&mut entries);
+            (&self.events, &self.index)
+                .transaction(|(events_tx, index_tx)| {
+                    events_tx.apply_batch(&events)?;
+                    index_tx.apply_batch(&entries)?;
+                    Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+                })
+                .map_err(|e| match e {
+                    sled::transaction::TransactionError::Storage(e) => LedgerError::Sled(e),
+                    sled::transaction::TransactionError::Abort(()) => {
+                        LedgerError::Inconsistent("a pruning transaction aborted".to_owned())
+                    }
+                })?;
+            applied.horizon = horizon;
+            drop(applied);
+            tokio::task::yield_now().await;
+        }
+    }
+}
