@@ -1,4 +1,5 @@
-//! The AdminService client: connections, leader following, bounded retries, request ids.
+//! The AdminService and AuditService client: connections, leader following, bounded retries,
+//! request ids.
 //!
 //! ```text
 //!   call(rpc, request) ──▶ address (the last leader seen, else the first --server)
@@ -9,6 +10,10 @@
 //!        │          cannot connect ────────────────Router::after──▶ Call(next --server), then Wait
 //!        └───────── any other status ─────────────────────────────▶ refused (exit code 1)
 //! ```
+//!
+//! A read that any replica may answer ([`Route::AnyReplica`]: stale reads, Watch, Export) starts
+//! at the first `--server` and treats an UNAVAILABLE answer like an unreachable server: the next
+//! `--server` is tried, the leader is not followed.
 //!
 //! The decision is [`Router::after`], a pure function of what happened so far, tested without a
 //! network. A mutation's request id is chosen once per call and reused by every retry, so the
@@ -26,11 +31,14 @@ use std::time::Duration;
 use std::time::SystemTime;
 use std::time::UNIX_EPOCH;
 
+use ipam_proto::ipam::v1 as pb;
 use ipam_proto::ipam::v1::admin_service_client::AdminServiceClient;
+use ipam_proto::ipam::v1::audit_service_client::AuditServiceClient;
 use tonic::Code;
 use tonic::Request;
 use tonic::Response;
 use tonic::Status;
+use tonic::Streaming;
 use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::Channel;
 use tonic::transport::Endpoint;
@@ -39,6 +47,11 @@ use tonic::transport::Endpoint;
 pub const LEADER_METADATA: &str = "ipam-leader";
 /// The request metadata key naming the operator (recorded as the actor of events).
 pub const OPERATOR_METADATA: &str = "ipam-operator";
+
+/// How often an open stream's connection is pinged.
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// How long a ping may go unanswered before the connection counts as broken.
+const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How far a call may go before giving up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +92,30 @@ pub enum Failure {
         /// The status message.
         message: String,
     },
+}
+
+impl Failure {
+    /// The failure as a call to any replica sees it: an UNAVAILABLE replica is passed over for the
+    /// next `--server`, like an unreachable one, instead of its leader being followed.
+    fn without_leader(self) -> Self {
+        match self {
+            Self::Unavailable { message, .. } => Self::Unreachable {
+                why: format!("answered UNAVAILABLE: {message}"),
+            },
+            unreachable @ Self::Unreachable { .. } => unreachable,
+        }
+    }
+}
+
+/// Which replicas may answer a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// The leader, found by following the `ipam-leader` of UNAVAILABLE answers: writes and
+    /// linearizable reads.
+    Leader,
+    /// The first replica that answers, in `--server` order, the leader not followed: stale reads
+    /// and streams.
+    AnyReplica,
 }
 
 /// What to do after a failed attempt.
@@ -308,7 +345,7 @@ pub struct ClientConfig {
     pub retry: RetryPolicy,
 }
 
-/// An AdminService client that follows the leader.
+/// A client of the AdminService and AuditService that follows the leader.
 #[derive(Debug)]
 pub struct Client {
     /// How to reach the cluster.
@@ -340,6 +377,16 @@ impl Client {
         self.leader = Some(normalize(address));
     }
 
+    /// The retry bounds of this client's calls.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        self.config.retry
+    }
+
+    /// Drops every connection, so that the next call connects afresh (after a broken stream).
+    pub fn disconnect(&mut self) {
+        self.channels.clear();
+    }
+
     /// Calls `rpc` with `request`, following the leader and retrying within the policy. `request`
     /// is cloned per attempt, so a mutation's request id stays the same on every retry.
     pub async fn call<Req, Resp, F, Fut>(&mut self, request: Req, rpc: F) -> Result<Resp, CallError>
@@ -348,20 +395,81 @@ impl Client {
         F: Fn(AdminServiceClient<Channel>, Request<Req>) -> Fut,
         Fut: Future<Output = Result<Response<Resp>, Status>>,
     {
+        let deadline = Some(self.config.timeout);
+        self.attempt(Route::Leader, deadline, request, |channel, r| {
+            rpc(AdminServiceClient::new(channel), r)
+        })
+        .await
+    }
+
+    /// Calls an `AuditService` rpc routed as `route`, retrying within the policy.
+    pub async fn call_audit<Req, Resp, F, Fut>(&mut self, route: Route, request: Req, rpc: F) -> Result<Resp, CallError>
+    where
+        Req: Clone,
+        F: Fn(AuditServiceClient<Channel>, Request<Req>) -> Fut,
+        Fut: Future<Output = Result<Response<Resp>, Status>>,
+    {
+        let deadline = Some(self.config.timeout);
+        self.attempt(route, deadline, request, |channel, r| {
+            rpc(AuditServiceClient::new(channel), r)
+        })
+        .await
+    }
+
+    /// Opens an `AuditService` stream (Watch, Export) on the first replica that answers, in
+    /// `--server` order. The stream has no deadline: `--timeout` bounds only its opening.
+    pub async fn open_audit_stream<Req, F, Fut>(
+        &mut self,
+        request: Req,
+        rpc: F,
+    ) -> Result<Streaming<pb::Event>, CallError>
+    where
+        Req: Clone,
+        F: Fn(AuditServiceClient<Channel>, Request<Req>) -> Fut,
+        Fut: Future<Output = Result<Response<Streaming<pb::Event>>, Status>>,
+    {
+        self.attempt(Route::AnyReplica, None, request, |channel, r| {
+            rpc(AuditServiceClient::new(channel), r)
+        })
+        .await
+    }
+
+    /// Calls `rpc` until an answer or the policy gives up. `deadline` is sent as the call's
+    /// `grpc-timeout`; `None` for streams, whose length is not known.
+    async fn attempt<Req, Resp, F, Fut>(
+        &mut self,
+        route: Route,
+        deadline: Option<Duration>,
+        request: Req,
+        rpc: F,
+    ) -> Result<Resp, CallError>
+    where
+        Req: Clone,
+        F: Fn(Channel, Request<Req>) -> Fut,
+        Fut: Future<Output = Result<Response<Resp>, Status>>,
+    {
         let mut router = Router::new(self.config.servers.clone(), self.config.retry);
-        let mut address = router.first(self.leader.as_deref());
+        let preferred = match route {
+            Route::Leader => self.leader.clone(),
+            Route::AnyReplica => None,
+        };
+        let mut address = router.first(preferred.as_deref());
         loop {
             let failure = match self.channel(&address).await {
                 Err(why) => Failure::Unreachable { why },
                 Ok(channel) => {
                     let mut attempt = Request::new(request.clone());
-                    attempt.set_timeout(self.config.timeout);
+                    if let Some(deadline) = deadline {
+                        attempt.set_timeout(deadline);
+                    }
                     if let Some(operator) = &self.operator {
                         attempt.metadata_mut().insert(OPERATOR_METADATA, operator.clone());
                     }
-                    match rpc(AdminServiceClient::new(channel), attempt).await {
+                    match rpc(channel, attempt).await {
                         Ok(response) => {
-                            self.leader = Some(address);
+                            if route == Route::Leader {
+                                self.leader = Some(address);
+                            }
                             return Ok(response.into_inner());
                         }
                         Err(status) => match classify(&status) {
@@ -369,7 +477,10 @@ impl Client {
                                 if matches!(failure, Failure::Unreachable { .. }) {
                                     self.channels.remove(&address);
                                 }
-                                failure
+                                match route {
+                                    Route::Leader => failure,
+                                    Route::AnyReplica => failure.without_leader(),
+                                }
                             }
                             None => return Err(CallError::Refused(status)),
                         },
@@ -395,7 +506,10 @@ impl Client {
         let endpoint = Endpoint::from_shared(format!("http://{address}"))
             .map_err(|e| format!("not a usable address ({})", chain(&e)))?
             .connect_timeout(self.config.connect_timeout)
-            .timeout(self.config.timeout);
+            .timeout(self.config.timeout)
+            // A watch may wait long for its next event: pings tell a dead server from a quiet one.
+            .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
+            .keep_alive_timeout(KEEP_ALIVE_TIMEOUT);
         let channel = endpoint.connect().await.map_err(|e| chain(&e))?;
         self.channels.insert(address.to_owned(), channel.clone());
         Ok(channel)
@@ -652,6 +766,21 @@ mod tests {
                 message: "no leader".to_owned()
             })
         );
+    }
+
+    #[test]
+    fn any_replica_calls_pass_over_an_unavailable_replica() {
+        let failure = not_leader(Some("b:1")).without_leader();
+        assert_eq!(
+            failure,
+            Failure::Unreachable {
+                why: "answered UNAVAILABLE: not the leader".to_owned()
+            }
+        );
+        let mut router = Router::new(vec!["a:1".to_owned(), "c:1".to_owned()], policy());
+        router.first(None);
+        assert_eq!(router.after("a:1", &failure), Step::Call("c:1".to_owned()));
+        assert_eq!(unreachable().without_leader(), unreachable());
     }
 
     #[test]

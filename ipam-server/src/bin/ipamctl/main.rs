@@ -1,11 +1,14 @@
 //! `ipamctl`: the operator's command line for an ipam-server cluster.
 //!
-//! A gRPC client of `ipam.v1.AdminService` that follows the Raft leader (see [`client`]).
+//! A gRPC client of `ipam.v1.AdminService` and `ipam.v1.AuditService` that follows the Raft
+//! leader (see [`client`]).
 //!
 //! ```text
 //!   main ── clap ──▶ cluster::*  (membership)           ──┐
 //!                    apply::* ◀── manifest (parse, plan)   ├──▶ client::Client ──▶ AdminService
-//!                    query::* ──▶ render / output          ──┘      (leader following, retries)
+//!                    query::* ──▶ render / output          │      (leader following, retries)
+//!                    audit::* ──▶ render / output          ──┘                 ──▶ AuditService
+//!                      ▲ time_flag (--at, --since, --until)
 //! ```
 //!
 //! ```text
@@ -15,18 +18,24 @@
 //!   kubectl get eniconfigs -o yaml | ipamctl apply -f -
 //!   ipamctl get leases --node ip-10-0-1-2.us-west-2.compute.internal -o wide
 //!   ipamctl settings set --ip-cooldown 5s
+//!   ipamctl who-had 100.64.3.48 --at 2026-11-24T14:02:00Z
+//!   ipamctl history pod default/web-1 --since 2h -o json
+//!   ipamctl watch --from 1 --filter node=ip-10-0-1-2.us-west-2.compute.internal
+//!   ipamctl export --since 7d > events.jsonl
 //! ```
 //!
 //! Exit codes: 0 success; 1 the server refused or could not be reached; 2 bad usage or an invalid
 //! manifest (clap's own usage errors are 2 as well).
 
 mod apply;
+mod audit;
 mod client;
 mod cluster;
 mod manifest;
 mod output;
 mod query;
 mod render;
+mod time_flag;
 
 use std::io::ErrorKind;
 use std::io::Read;
@@ -43,6 +52,12 @@ use clap::Subcommand;
 use clap::ValueEnum;
 use ipam_proto::ipam::v1 as pb;
 
+use crate::audit::Consistency;
+use crate::audit::HistoryQuery;
+use crate::audit::Key;
+use crate::audit::KeyKind;
+use crate::audit::Range;
+use crate::audit::WatchQuery;
 use crate::client::CallError;
 use crate::client::Client;
 use crate::client::ClientConfig;
@@ -105,6 +120,14 @@ enum Command {
     ReleaseLease(ReleaseLeaseArgs),
     /// Return a quarantined address to its subnet's free list.
     Unquarantine(UnquarantineArgs),
+    /// Who held an address at an instant: pod, node, ENI, lease (from the event ledger).
+    WhoHad(WhoHadArgs),
+    /// The events that touched an address, a pod, a node, an ENI or a security group.
+    History(HistoryArgs),
+    /// Print events as they happen, until interrupted.
+    Watch(WatchArgs),
+    /// Write the ledger's events as JSON lines on stdout.
+    Export(ExportArgs),
 }
 
 /// `-o`.
@@ -387,6 +410,101 @@ struct UnquarantineArgs {
     ip: Ipv4Addr,
 }
 
+/// `--consistency`.
+#[derive(Debug, Args)]
+struct ConsistencyArgs {
+    /// How fresh the answer must be: linearizable asks the leader; stale lets any replica answer
+    /// from what it has applied.
+    #[arg(long, value_enum, default_value_t = Consistency::Linearizable, env = "IPAMCTL_CONSISTENCY")]
+    consistency: Consistency,
+}
+
+/// `--since` and `--until`.
+#[derive(Debug, Args)]
+struct RangeArgs {
+    /// Only events at or after this time: RFC 3339 (2026-11-24T14:02:00Z, with an offset or a
+    /// fraction) or a duration ago (90s, 15m, 2h, 7d, 1w, 1h30m), or now.
+    #[arg(long, value_name = "TIME", value_parser = time_flag::parse)]
+    since: Option<i64>,
+    /// Only events before this time (same forms as --since).
+    #[arg(long, value_name = "TIME", value_parser = time_flag::parse)]
+    until: Option<i64>,
+}
+
+impl RangeArgs {
+    /// The range; `--until` before `--since` is bad usage.
+    fn range(&self) -> Result<Range, Exit> {
+        Range::new(self.since, self.until).map_err(Exit::Usage)
+    }
+}
+
+/// `who-had`.
+#[derive(Debug, Args)]
+struct WhoHadArgs {
+    /// The IPv4 address.
+    ip: String,
+    /// The instant asked about (RFC 3339, a duration ago such as 2h, or now; default: now).
+    #[arg(long, value_name = "TIME", value_parser = time_flag::parse)]
+    at: Option<i64>,
+    /// Consistency.
+    #[command(flatten)]
+    consistency: ConsistencyArgs,
+    /// Output format.
+    #[command(flatten)]
+    output: OutputArgs,
+}
+
+/// `history`.
+#[derive(Debug, Args)]
+struct HistoryArgs {
+    /// What KEY is: ip, pod (NAMESPACE/NAME), pod-uid, node, eni or sg.
+    #[arg(value_enum)]
+    kind: KeyKind,
+    /// The address, NAMESPACE/NAME, pod UID, node name, ENI id or security group id.
+    key: String,
+    /// The time range.
+    #[command(flatten)]
+    range: RangeArgs,
+    /// The most events to print, page after page; 0 for all.
+    #[arg(long, default_value_t = 100)]
+    limit: u64,
+    /// Continue where an earlier `history` stopped (it prints the token on stderr).
+    #[arg(long, value_name = "TOKEN")]
+    page_token: Option<String>,
+    /// Consistency.
+    #[command(flatten)]
+    consistency: ConsistencyArgs,
+    /// Output format (json: one event per line).
+    #[command(flatten)]
+    output: OutputArgs,
+}
+
+/// `watch`.
+#[derive(Debug, Args)]
+struct WatchArgs {
+    /// The first event (seq) to print; 0 for only the events from now on.
+    #[arg(long, value_name = "SEQ", default_value_t = 0)]
+    from: u64,
+    /// Only events of this kind (e.g. IpBound, IpReleased, EniAttached); repeat for more.
+    #[arg(long = "kind", value_name = "KIND")]
+    kinds: Vec<String>,
+    /// Only events touching this key: ip=ADDRESS, pod=NAMESPACE/NAME, pod-uid=UID, node=NAME,
+    /// eni=ENI-ID or sg=GROUP-ID.
+    #[arg(long, value_name = "KIND=KEY", value_parser = audit::parse_filter)]
+    filter: Option<Key>,
+    /// Output format (json: one event per line).
+    #[command(flatten)]
+    output: OutputArgs,
+}
+
+/// `export`.
+#[derive(Debug, Args)]
+struct ExportArgs {
+    /// The time range (default: every event the ledger holds).
+    #[command(flatten)]
+    range: RangeArgs,
+}
+
 /// Why ipamctl stops short of success, and with which exit code.
 #[derive(Debug)]
 pub enum Exit {
@@ -585,6 +703,30 @@ async fn run(command: Command, client: &mut Client, out: &mut dyn Write) -> Resu
                 .map_err(Exit::Call)?;
             writeln!(out, "address/{} unquarantined", args.ip).map_err(Exit::output)
         }
+        Command::WhoHad(args) => {
+            let ip = audit::parse_ipv4(&args.ip).map_err(|e| Exit::Usage(e.to_string()))?;
+            let at = args.at.unwrap_or(0);
+            audit::who_had(client, ip, at, args.consistency.consistency, args.output.output, out).await
+        }
+        Command::History(args) => {
+            let query = HistoryQuery {
+                key: Key::parse(args.kind, &args.key).map_err(|e| Exit::Usage(e.to_string()))?,
+                range: args.range.range()?,
+                limit: args.limit,
+                page_token: args.page_token.unwrap_or_default(),
+                consistency: args.consistency.consistency,
+            };
+            audit::history(client, &query, args.output.output, out).await
+        }
+        Command::Watch(args) => {
+            let query = WatchQuery {
+                from_seq: args.from,
+                kinds: args.kinds,
+                filter: args.filter,
+            };
+            audit::watch(client, &query, args.output.output, out).await
+        }
+        Command::Export(args) => audit::export(client, args.range.range()?, out).await,
     }
 }
 
@@ -850,6 +992,78 @@ mod tests {
                 resource: Resource::Leases(_)
             })
         ));
+    }
+
+    #[test]
+    fn audit_commands_parse() {
+        let cli = Cli::try_parse_from([
+            "ipamctl",
+            "history",
+            "pod",
+            "default/web-1",
+            "--since",
+            "2026-11-24T14:02:00Z",
+            "--until",
+            "now",
+            "--limit",
+            "0",
+            "--consistency",
+            "stale",
+            "-o",
+            "json",
+        ])
+        .expect("should succeed");
+        let Command::History(args) = cli.command else {
+            panic!("{:?}", cli.command)
+        };
+        assert_eq!(
+            (args.kind, args.key.as_str(), args.limit),
+            (KeyKind::Pod, "default/web-1", 0)
+        );
+        assert_eq!(args.range.since, Some(1_795_528_920_000));
+        assert_eq!(args.consistency.consistency, Consistency::Stale);
+        let cli = Cli::try_parse_from([
+            "ipamctl",
+            "watch",
+            "--from",
+            "1",
+            "--kind",
+            "IpBound",
+            "--kind",
+            "IpReleased",
+            "--filter",
+            "pod=ns/a",
+        ])
+        .expect("should succeed");
+        let Command::Watch(args) = cli.command else {
+            panic!("{:?}", cli.command)
+        };
+        assert_eq!(args.kinds, ["IpBound", "IpReleased"]);
+        assert_eq!(args.filter.map(|k| k.kind), Some(KeyKind::Pod));
+        let cli = Cli::try_parse_from(["ipamctl", "who-had", "100.64.3.48", "--at", "90s"]).expect("should succeed");
+        assert!(matches!(cli.command, Command::WhoHad(WhoHadArgs { at: Some(_), .. })));
+    }
+
+    #[test]
+    fn bad_audit_flags_are_usage_errors_naming_the_flag() {
+        let error = Cli::try_parse_from(["ipamctl", "export", "--since", "yesterday"]).expect_err("should fail");
+        assert_eq!(error.exit_code(), 2);
+        let message = error.to_string();
+        assert!(message.contains("--since"), "{message}");
+        assert!(message.contains("RFC 3339") && message.contains("1h30m"), "{message}");
+        let error = Cli::try_parse_from(["ipamctl", "watch", "--filter", "ip=100.64.3"]).expect_err("should fail");
+        assert_eq!(error.exit_code(), 2);
+        assert!(
+            error.to_string().contains("`100.64.3` is not an IPv4 address"),
+            "{error}"
+        );
+        let error = Cli::try_parse_from(["ipamctl", "history", "widget", "x"]).expect_err("should fail");
+        assert_eq!(error.exit_code(), 2);
+        let args = RangeArgs {
+            since: Some(2_000),
+            until: Some(1_000),
+        };
+        assert!(matches!(args.range(), Err(Exit::Usage(why)) if why.starts_with("--until")));
     }
 
     #[test]

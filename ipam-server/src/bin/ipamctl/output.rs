@@ -1,5 +1,5 @@
-//! Output formats: aligned tables (kubectl's look) and JSON, plus the formatting of times and
-//! durations.
+//! Output formats: aligned tables (kubectl's look), tables printed a row at a time for streams,
+//! and JSON, plus the formatting of times and durations.
 
 use std::time::Duration;
 use std::time::UNIX_EPOCH;
@@ -69,29 +69,74 @@ impl Table {
             }
         }
         let header: Vec<String> = self.columns.iter().map(|(name, _)| name.clone()).collect();
+        let aligns: Vec<Align> = self.columns.iter().map(|(_, align)| *align).collect();
         let mut out = String::new();
         for row in std::iter::once(&header).chain(&self.rows) {
-            let mut line = String::new();
-            for (index, ((cell, width), (_, align))) in row.iter().zip(&widths).zip(&self.columns).enumerate() {
-                if index > 0 {
-                    line.push_str("   ");
-                }
-                let pad = width.saturating_sub(cell.chars().count());
-                match align {
-                    Align::Left => {
-                        line.push_str(cell);
-                        line.extend(std::iter::repeat_n(' ', pad));
-                    }
-                    Align::Right => {
-                        line.extend(std::iter::repeat_n(' ', pad));
-                        line.push_str(cell);
-                    }
-                }
-            }
-            out.push_str(line.trim_end());
-            out.push('\n');
+            out.push_str(&line(row, &widths, &aligns));
         }
         out
+    }
+}
+
+/// One line of a table: cells padded to `widths`, three spaces apart, no trailing spaces, `\n`.
+fn line(cells: &[String], widths: &[usize], aligns: &[Align]) -> String {
+    let mut line = String::new();
+    for (index, ((cell, width), align)) in cells.iter().zip(widths).zip(aligns).enumerate() {
+        if index > 0 {
+            line.push_str("   ");
+        }
+        let pad = width.saturating_sub(cell.chars().count());
+        match align {
+            Align::Left => {
+                line.push_str(cell);
+                line.extend(std::iter::repeat_n(' ', pad));
+            }
+            Align::Right => {
+                line.extend(std::iter::repeat_n(' ', pad));
+                line.push_str(cell);
+            }
+        }
+    }
+    let mut line = line.trim_end().to_owned();
+    line.push('\n');
+    line
+}
+
+/// A table printed a row at a time, for a stream whose rows are not known in advance: the
+/// columns have fixed widths, and a longer cell pushes the rest of its row right rather than
+/// realigning the rows already printed (as `kubectl get --watch`).
+#[derive(Debug, Clone)]
+pub struct StreamingTable {
+    /// The column names.
+    names: Vec<String>,
+    /// The alignments.
+    aligns: Vec<Align>,
+    /// The widths: the given one, or the name's if longer.
+    widths: Vec<usize>,
+}
+
+impl StreamingTable {
+    /// A table with these columns and widths.
+    pub fn new(columns: &[(&str, Align, usize)]) -> Self {
+        Self {
+            names: columns.iter().map(|(name, _, _)| (*name).to_owned()).collect(),
+            aligns: columns.iter().map(|(_, align, _)| *align).collect(),
+            widths: columns
+                .iter()
+                .map(|(name, _, width)| (*width).max(name.chars().count()))
+                .collect(),
+        }
+    }
+
+    /// The header line.
+    pub fn header(&self) -> String {
+        line(&self.names, &self.widths, &self.aligns)
+    }
+
+    /// One row's line; missing cells are empty, extra cells are dropped.
+    pub fn row(&self, mut cells: Vec<String>) -> String {
+        cells.resize(self.names.len(), String::new());
+        line(&cells, &self.widths, &self.aligns)
     }
 }
 
@@ -99,6 +144,15 @@ impl Table {
 pub fn time(unix_ms: i64) -> String {
     match u64::try_from(unix_ms) {
         Ok(ms) if ms > 0 => humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string(),
+        _ => "-".to_owned(),
+    }
+}
+
+/// A leader timestamp (ms since the epoch) as RFC 3339 UTC to the millisecond, as the audit
+/// commands print event times; `-` when unset.
+pub fn time_ms(unix_ms: i64) -> String {
+    match u64::try_from(unix_ms) {
+        Ok(ms) if ms > 0 => humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string(),
         _ => "-".to_owned(),
     }
 }
@@ -171,9 +225,31 @@ b                3
     }
 
     #[test]
+    fn streaming_tables_keep_their_widths() {
+        let table = StreamingTable::new(&[
+            ("SEQ", Align::Right, 4),
+            ("KIND", Align::Left, 7),
+            ("IP", Align::Left, 0),
+        ]);
+        assert_eq!(table.header(), " SEQ   KIND      IP\n");
+        assert_eq!(
+            table.row(vec!["7".to_owned(), "IpBound".to_owned(), "100.64.0.9".to_owned()]),
+            "   7   IpBound   100.64.0.9\n"
+        );
+        // Too long: pushes the rest right, later rows are unaffected.
+        assert_eq!(
+            table.row(vec!["12345".to_owned(), "NodeHeartbeat".to_owned()]),
+            "12345   NodeHeartbeat\n"
+        );
+    }
+
+    #[test]
     fn times_and_durations() {
         assert_eq!(time(0), "-");
         assert_eq!(time(1_700_000_000_123), "2023-11-14T22:13:20Z");
+        assert_eq!(time_ms(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+        assert_eq!(time_ms(1_700_000_000_000), "2023-11-14T22:13:20.000Z");
+        assert_eq!(time_ms(-1), "-");
         assert_eq!(duration_ms(30_000), "30s");
         assert_eq!(duration_ms(90_000), "1m 30s");
         assert_eq!(duration_ms(0), "0s");

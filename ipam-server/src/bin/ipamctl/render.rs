@@ -1,21 +1,25 @@
-//! What `get`, `stats`, `settings` and `cluster status` print: a table (and its wide form) and
-//! a JSON form per message type.
+//! What `get`, `stats`, `settings`, `cluster status` and the audit commands (`who-had`,
+//! `history`, `watch`, `export`) print: a table (and its wide form) and a JSON form per message
+//! type.
 //!
 //! JSON keeps the proto's field names (snake_case, as protobuf's `preserving_proto_field_names`),
 //! enums as their proto value names (`LEASE_STATE_BOUND`), and numbers as JSON numbers. A list is
-//! printed as its List response message (`{"pools": [...]}`), every page merged.
+//! printed as its List response message (`{"pools": [...]}`), every page merged. Events are
+//! printed one JSON object per line (JSON lines), each with its payload parsed.
 
 use ipam_proto::ipam::v1 as pb;
 use serde_json::Value;
 use serde_json::json;
 
 use crate::output::Align;
+use crate::output::StreamingTable;
 use crate::output::Table;
 use crate::output::duration_ms;
 use crate::output::list;
 use crate::output::number_or_dash;
 use crate::output::text;
 use crate::output::time;
+use crate::output::time_ms;
 
 /// An enum value by its proto name; the number if this build does not know it.
 fn enum_name<E: TryFrom<i32>>(value: i32, name: impl Fn(&E) -> &'static str) -> String {
@@ -447,35 +451,34 @@ pub fn leases_table(leases: &[pb::Lease], wide: bool) -> Table {
     table
 }
 
+/// One lease as JSON.
+pub fn lease_json(l: &pb::Lease) -> Value {
+    let owner = l.owner.clone().unwrap_or_default();
+    let pod = owner.pod.unwrap_or_default();
+    let attachment = owner.attachment.unwrap_or_default();
+    json!({
+        "lease_id": l.lease_id,
+        "ip": l.ip,
+        "node": l.node,
+        "eni_ref": l.eni_ref,
+        "eni_id": l.eni_id,
+        "vlan_id": l.vlan_id,
+        "security_group_ids": l.security_group_ids,
+        "owner": {
+            "pod": {"namespace": pod.namespace, "name": pod.name, "uid": pod.uid},
+            "attachment": {"container_id": attachment.container_id, "ifname": attachment.ifname},
+            "service_account": owner.service_account,
+        },
+        "bound_at_unix_ms": l.bound_at_unix_ms,
+        "state": lease_state(l.state),
+        "cooling_until_unix_ms": l.cooling_until_unix_ms,
+        "subnet_id": l.subnet_id,
+    })
+}
+
 /// The leases as JSON.
 pub fn leases_json(leases: &[pb::Lease]) -> Value {
-    let leases: Vec<Value> = leases
-        .iter()
-        .map(|l| {
-            let owner = l.owner.clone().unwrap_or_default();
-            let pod = owner.pod.unwrap_or_default();
-            let attachment = owner.attachment.unwrap_or_default();
-            json!({
-                "lease_id": l.lease_id,
-                "ip": l.ip,
-                "node": l.node,
-                "eni_ref": l.eni_ref,
-                "eni_id": l.eni_id,
-                "vlan_id": l.vlan_id,
-                "security_group_ids": l.security_group_ids,
-                "owner": {
-                    "pod": {"namespace": pod.namespace, "name": pod.name, "uid": pod.uid},
-                    "attachment": {"container_id": attachment.container_id, "ifname": attachment.ifname},
-                    "service_account": owner.service_account,
-                },
-                "bound_at_unix_ms": l.bound_at_unix_ms,
-                "state": lease_state(l.state),
-                "cooling_until_unix_ms": l.cooling_until_unix_ms,
-                "subnet_id": l.subnet_id,
-            })
-        })
-        .collect();
-    json!({ "leases": leases })
+    json!({ "leases": leases.iter().map(lease_json).collect::<Vec<_>>() })
 }
 
 /// The per-subnet address counts.
@@ -647,6 +650,227 @@ pub fn cluster_json(c: &pb::ClusterInfo) -> Value {
     })
 }
 
+/// `ActorKind` by name.
+fn actor_kind(value: i32) -> String {
+    enum_name(value, pb::ActorKind::as_str_name)
+}
+
+/// `ReleaseReason` by name.
+fn release_reason(value: i32) -> String {
+    enum_name(value, pb::ReleaseReason::as_str_name)
+}
+
+/// Who caused an event, briefly: the actor's kind, and its name unless the row already says it
+/// (an agent acts for the event's node; the server's controllers call themselves `controller`).
+pub fn actor_text(e: &pb::Event) -> String {
+    let Some(actor) = &e.actor else {
+        return "-".to_owned();
+    };
+    let kind = short(&actor_kind(actor.kind), "ACTOR_KIND_");
+    let implied = match pb::ActorKind::try_from(actor.kind) {
+        Ok(pb::ActorKind::Agent) => actor.name == e.node,
+        Ok(pb::ActorKind::Controller) => actor.name == "controller",
+        _ => false,
+    };
+    if actor.name.is_empty() || implied {
+        kind
+    } else {
+        format!("{kind}:{}", actor.name)
+    }
+}
+
+/// An ENI for a cell: its EC2 id, else its server handle, else `-`.
+fn eni_text(eni_id: &str, eni_ref: u64) -> String {
+    if !eni_id.is_empty() {
+        eni_id.to_owned()
+    } else if eni_ref != 0 {
+        format!("ref {eni_ref}")
+    } else {
+        "-".to_owned()
+    }
+}
+
+/// A pod for a cell: `namespace/name`, `-` when none.
+fn pod_text(pod: Option<&pb::PodRef>) -> String {
+    pod.map_or_else(|| "-".to_owned(), |p| format!("{}/{}", p.namespace, p.name))
+}
+
+/// The event columns: name, alignment, and width when streamed (`watch`), chosen to fit the
+/// usual values (an RFC 3339 time in ms, the kinds and causes, an EKS node name, an EC2 ENI id).
+const EVENT_COLUMNS: [(&str, Align, usize); 10] = [
+    ("SEQ", Align::Right, 5),
+    ("TIME", Align::Left, 24),
+    ("KIND", Align::Left, 20),
+    ("CAUSE", Align::Left, 20),
+    ("ACTOR", Align::Left, 16),
+    ("IPS", Align::Left, 14),
+    ("POD", Align::Left, 24),
+    ("NODE", Align::Left, 39),
+    ("ENI", Align::Left, 21),
+    ("LEASE", Align::Right, 5),
+];
+
+/// The columns `-o wide` adds.
+const EVENT_WIDE_COLUMNS: [(&str, Align, usize); 4] = [
+    ("LOG-INDEX", Align::Right, 9),
+    ("POD-UID", Align::Left, 36),
+    ("SECURITY-GROUPS", Align::Left, 20),
+    ("REQUEST-ID", Align::Left, 0),
+];
+
+/// The event columns, wide or not.
+fn event_columns(wide: bool) -> Vec<(&'static str, Align, usize)> {
+    let mut columns = EVENT_COLUMNS.to_vec();
+    if wide {
+        columns.extend(EVENT_WIDE_COLUMNS);
+    }
+    columns
+}
+
+/// One event's cells, in the order of [`event_columns`].
+pub fn event_cells(e: &pb::Event, wide: bool) -> Vec<String> {
+    let mut cells = vec![
+        e.seq.to_string(),
+        time_ms(e.at_unix_ms),
+        text(&e.kind),
+        text(&e.cause),
+        actor_text(e),
+        list(&e.ips),
+        pod_text(e.pod.as_ref()),
+        text(&e.node),
+        eni_text(&e.eni_id, e.eni_ref),
+        number_or_dash(e.lease_id),
+    ];
+    if wide {
+        cells.extend([
+            number_or_dash(e.log_index),
+            text(e.pod.as_ref().map_or("", |p| p.uid.as_str())),
+            list(&e.security_group_ids),
+            text(&e.request_id),
+        ]);
+    }
+    cells
+}
+
+/// The events table (`history`).
+pub fn events_table(events: &[pb::Event], wide: bool) -> Table {
+    let columns: Vec<(&str, Align)> = event_columns(wide)
+        .into_iter()
+        .map(|(name, align, _)| (name, align))
+        .collect();
+    let mut table = Table::new(&columns);
+    for e in events {
+        table.push(event_cells(e, wide));
+    }
+    table
+}
+
+/// The events table printed as events arrive (`watch`).
+pub fn events_streaming_table(wide: bool) -> StreamingTable {
+    StreamingTable::new(&event_columns(wide))
+}
+
+/// One event as JSON (a line of `export`, `history -o json` and `watch -o json`): the proto's
+/// fields, with `payload_json` parsed into `payload` (kept as a string if it is not JSON).
+pub fn event_json(e: &pb::Event) -> Value {
+    let payload =
+        serde_json::from_str::<Value>(&e.payload_json).unwrap_or_else(|_| Value::String(e.payload_json.clone()));
+    let actor = e.actor.clone().unwrap_or_default();
+    let pod = e.pod.as_ref().map_or(
+        Value::Null,
+        |p| json!({"namespace": p.namespace, "name": p.name, "uid": p.uid}),
+    );
+    json!({
+        "seq": e.seq,
+        "log_index": e.log_index,
+        "at_unix_ms": e.at_unix_ms,
+        "actor": {"kind": actor_kind(actor.kind), "name": actor.name},
+        "cause": e.cause,
+        "kind": e.kind,
+        "payload": payload,
+        "request_id": e.request_id,
+        "ips": e.ips,
+        "node": e.node,
+        "pod": pod,
+        "eni_ref": e.eni_ref,
+        "eni_id": e.eni_id,
+        "lease_id": e.lease_id,
+        "security_group_ids": e.security_group_ids,
+    })
+}
+
+/// A release reason as events name it (`RELEASE_REASON_CNI_DEL` → `cni_del`).
+fn release_reason_text(value: i32) -> String {
+    release_reason(value)
+        .strip_prefix("RELEASE_REASON_")
+        .map_or_else(|| value.to_string(), str::to_ascii_lowercase)
+}
+
+/// What `who-had` prints: each binding of `ip` live at `at`, or that there was none.
+pub fn who_had_text(ip: &str, at: &str, bindings: &[pb::Binding]) -> String {
+    if bindings.is_empty() {
+        return format!("nobody held {ip} at {at}\n");
+    }
+    let blocks: Vec<String> = bindings.iter().map(|b| binding_text(ip, at, b)).collect();
+    blocks.join("\n")
+}
+
+/// One binding, a field per line (there are too many for a table row).
+fn binding_text(ip: &str, at: &str, b: &pb::Binding) -> String {
+    let lease = b.lease.clone().unwrap_or_default();
+    let owner = lease.owner.clone().unwrap_or_default();
+    let pod = owner.pod.unwrap_or_default();
+    let attachment = owner.attachment.unwrap_or_default();
+    let eni = match lease.vlan_id {
+        0 => eni_text(&lease.eni_id, lease.eni_ref),
+        vlan => format!("{} (branch ENI, VLAN {vlan})", eni_text(&lease.eni_id, lease.eni_ref)),
+    };
+    let released = match b.released_at_unix_ms {
+        0 => "still bound".to_owned(),
+        at => match pb::ReleaseReason::try_from(b.release_reason) {
+            Ok(pb::ReleaseReason::Unspecified) => time_ms(at),
+            _ => format!("{} ({})", time_ms(at), release_reason_text(b.release_reason)),
+        },
+    };
+    let fields = [
+        ("Pod", format!("{}/{}", pod.namespace, pod.name)),
+        ("Pod UID", text(&pod.uid)),
+        ("Container ID", text(&attachment.container_id)),
+        ("Interface", text(&attachment.ifname)),
+        ("Node", text(&lease.node)),
+        ("Instance ID", text(&b.instance_id)),
+        ("ENI", eni),
+        ("Security groups", list(&lease.security_group_ids)),
+        ("Bound since", time_ms(lease.bound_at_unix_ms)),
+        ("Released", released),
+    ];
+    let mut out = format!("{ip} at {at}: lease {}\n", lease.lease_id);
+    for (name, value) in fields {
+        out.push_str(&format!("  {:<17}{value}\n", format!("{name}:")));
+    }
+    out
+}
+
+/// One binding as JSON.
+pub fn binding_json(b: &pb::Binding) -> Value {
+    json!({
+        "lease": b.lease.as_ref().map_or(Value::Null, lease_json),
+        "instance_id": b.instance_id,
+        "released_at_unix_ms": b.released_at_unix_ms,
+        "release_reason": release_reason(b.release_reason),
+    })
+}
+
+/// `who-had -o json`: the question and the WhoHad reply.
+pub fn who_had_json(ip: &str, at_unix_ms: i64, reply: &pb::WhoHadResponse) -> Value {
+    json!({
+        "ip": ip,
+        "at_unix_ms": at_unix_ms,
+        "bindings": reply.bindings.iter().map(binding_json).collect::<Vec<_>>(),
+        "as_of_log_index": reply.as_of_log_index,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -799,6 +1023,160 @@ LEASE   IP            NODE     POD        STATE
         let value = leases_json(&[lease]);
         assert_eq!(value["leases"][0]["state"], "LEASE_STATE_BOUND");
         assert_eq!(value["leases"][0]["owner"]["pod"]["name"], "web-1");
+    }
+
+    fn bound_event() -> pb::Event {
+        pb::Event {
+            seq: 42,
+            log_index: 17,
+            at_unix_ms: 1_795_528_920_123,
+            actor: Some(pb::Actor {
+                kind: pb::ActorKind::Agent.into(),
+                name: "node-a".to_owned(),
+            }),
+            cause: "bind".to_owned(),
+            kind: "IpBound".to_owned(),
+            payload_json: r#"{"IpBound":{"lease_id":17}}"#.to_owned(),
+            request_id: "bind-1".to_owned(),
+            ips: vec!["100.64.3.48".to_owned()],
+            node: "node-a".to_owned(),
+            pod: Some(pb::PodRef {
+                namespace: "default".to_owned(),
+                name: "web-1".to_owned(),
+                uid: "uid-1".to_owned(),
+            }),
+            eni_ref: 5,
+            eni_id: "eni-0a".to_owned(),
+            lease_id: 17,
+            security_group_ids: vec!["sg-1".to_owned()],
+        }
+    }
+
+    #[test]
+    fn events_table_and_json() {
+        let expected = "\
+SEQ   TIME                       KIND      CAUSE   ACTOR   IPS           POD             NODE     ENI      LEASE
+ 42   2026-11-24T14:02:00.123Z   IpBound   bind    agent   100.64.3.48   default/web-1   node-a   eni-0a      17
+";
+        assert_eq!(events_table(&[bound_event()], false).render(), expected);
+        let wide = events_table(&[bound_event()], true).render();
+        let cells: Vec<&str> = wide.lines().nth(1).unwrap_or_default().split_whitespace().collect();
+        assert_eq!(cells[10..], ["17", "uid-1", "sg-1", "bind-1"], "{wide}");
+        let value = event_json(&bound_event());
+        assert_eq!(value["payload"]["IpBound"]["lease_id"], 17);
+        assert_eq!(value["actor"]["kind"], "ACTOR_KIND_AGENT");
+        assert_eq!(value["pod"]["uid"], "uid-1");
+        assert_eq!(value["at_unix_ms"], 1_795_528_920_123_i64);
+        // One line: JSON lines.
+        assert!(!value.to_string().contains('\n'));
+        let odd = pb::Event {
+            payload_json: "not json".to_owned(),
+            pod: None,
+            ..bound_event()
+        };
+        assert_eq!(event_json(&odd)["payload"], "not json");
+        assert_eq!(event_json(&odd)["pod"], Value::Null);
+    }
+
+    #[test]
+    fn actors_name_only_what_the_row_does_not_say() {
+        let by = |kind: pb::ActorKind, name: &str| pb::Event {
+            actor: Some(pb::Actor {
+                kind: kind.into(),
+                name: name.to_owned(),
+            }),
+            ..bound_event()
+        };
+        assert_eq!(actor_text(&by(pb::ActorKind::Agent, "node-a")), "agent");
+        assert_eq!(actor_text(&by(pb::ActorKind::Agent, "node-b")), "agent:node-b");
+        assert_eq!(actor_text(&by(pb::ActorKind::Controller, "controller")), "controller");
+        assert_eq!(
+            actor_text(&by(pb::ActorKind::Controller, "expiry")),
+            "controller:expiry"
+        );
+        assert_eq!(actor_text(&by(pb::ActorKind::Operator, "alice")), "operator:alice");
+        let streamed = events_streaming_table(false).row(event_cells(&bound_event(), false));
+        assert!(
+            streamed.starts_with(
+                "   42   2026-11-24T14:02:00.123Z   IpBound                bind                   agent              100.64.3.48"
+            ),
+            "{streamed}"
+        );
+    }
+
+    fn binding(released_at_unix_ms: i64, reason: pb::ReleaseReason, vlan_id: u32) -> pb::Binding {
+        pb::Binding {
+            lease: Some(pb::Lease {
+                lease_id: 17,
+                ip: "100.64.3.48".to_owned(),
+                node: "node-a".to_owned(),
+                eni_ref: 5,
+                eni_id: "eni-0a".to_owned(),
+                vlan_id,
+                security_group_ids: vec!["sg-1".to_owned(), "sg-2".to_owned()],
+                owner: Some(pb::Owner {
+                    pod: Some(pb::PodRef {
+                        namespace: "default".to_owned(),
+                        name: "web-1".to_owned(),
+                        uid: "uid-1".to_owned(),
+                    }),
+                    attachment: Some(pb::Attachment {
+                        container_id: "c0ffee".to_owned(),
+                        ifname: "eth0".to_owned(),
+                    }),
+                    service_account: String::new(),
+                }),
+                bound_at_unix_ms: 1_795_528_800_000,
+                state: pb::LeaseState::Cooling.into(),
+                cooling_until_unix_ms: 0,
+                subnet_id: "subnet-1".to_owned(),
+            }),
+            instance_id: "i-0123".to_owned(),
+            released_at_unix_ms,
+            release_reason: reason.into(),
+        }
+    }
+
+    #[test]
+    fn who_had_prints_every_field_of_a_binding() {
+        let at = "2026-11-24T14:02:00.000Z";
+        let released = binding(1_795_528_980_000, pb::ReleaseReason::CniDel, 0);
+        let expected = "\
+100.64.3.48 at 2026-11-24T14:02:00.000Z: lease 17
+  Pod:             default/web-1
+  Pod UID:         uid-1
+  Container ID:    c0ffee
+  Interface:       eth0
+  Node:            node-a
+  Instance ID:     i-0123
+  ENI:             eni-0a
+  Security groups: sg-1,sg-2
+  Bound since:     2026-11-24T14:00:00.000Z
+  Released:        2026-11-24T14:03:00.000Z (cni_del)
+";
+        assert_eq!(
+            who_had_text("100.64.3.48", at, std::slice::from_ref(&released)),
+            expected
+        );
+        let branch = who_had_text("100.64.3.48", at, &[binding(0, pb::ReleaseReason::Unspecified, 12)]);
+        assert!(
+            branch.contains("  ENI:             eni-0a (branch ENI, VLAN 12)\n"),
+            "{branch}"
+        );
+        assert!(branch.ends_with("  Released:        still bound\n"), "{branch}");
+        assert_eq!(
+            who_had_text("100.64.3.48", at, &[]),
+            "nobody held 100.64.3.48 at 2026-11-24T14:02:00.000Z\n"
+        );
+        let reply = pb::WhoHadResponse {
+            bindings: vec![released],
+            as_of_log_index: 99,
+        };
+        let value = who_had_json("100.64.3.48", 0, &reply);
+        assert_eq!(value["bindings"][0]["release_reason"], "RELEASE_REASON_CNI_DEL");
+        assert_eq!(value["bindings"][0]["lease"]["owner"]["attachment"]["ifname"], "eth0");
+        assert_eq!(value["bindings"][0]["instance_id"], "i-0123");
+        assert_eq!(value["as_of_log_index"], 99);
     }
 
     #[test]
