@@ -526,7 +526,7 @@ fn a_watch_resumes_after_the_server_restarts() {
     assert!(stderr.contains(&format!("resuming from seq {}", count + 1)), "{stderr}");
 }
 
-/// WhoHad and History are served by the ledger's indexes (issue C, server side).
+/// WhoHad and History, as ipamctl prints them.
 #[test]
 fn who_had_and_history_answer_from_the_ledger() {
     let dir = TempDir::new("t52-query");
