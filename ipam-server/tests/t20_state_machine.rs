@@ -471,7 +471,7 @@ async fn an_install_interrupted_before_its_ledger_import_is_finished_on_open() {
 }
 
 #[tokio::test]
-async fn the_sendable_snapshot_is_made_once_and_stale_files_go_on_open() {
+async fn the_sendable_snapshot_is_made_when_read_once_and_stale_files_go_on_open() {
     let dir = TempDir::new("t20-files");
     let (db, mut sm) = open(&dir).await;
     let mut feed = Feeder {
@@ -499,9 +499,19 @@ async fn the_sendable_snapshot_is_made_once_and_stale_files_go_on_open() {
         "building writes the state file only: {:?}",
         snap_files()
     );
+    // openraft asks at every start only to read the meta: a handle not read makes nothing.
+    let looked_at = sm.get_current_snapshot().await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(looked_at.is_some_and(|s| !s.snapshot.is_open()));
+    assert_eq!(snap_files().len(), 1, "only looked at: {:?}", snap_files());
+    // Read three times, it is made once.
     for _ in 0..3 {
         let current = sm.get_current_snapshot().await.unwrap_or_else(|e| panic!("{e}"));
-        assert!(current.is_some());
+        let mut data = current.unwrap_or_else(|| panic!("no snapshot")).snapshot;
+        let mut bytes = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut *data, &mut bytes)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(!bytes.is_empty());
     }
     let files = snap_files();
     assert_eq!(

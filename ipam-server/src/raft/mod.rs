@@ -33,6 +33,7 @@ pub mod grpc_network;
 pub mod log_store;
 pub mod network;
 pub mod snapshot;
+pub mod snapshot_file;
 pub mod state_machine;
 pub mod types;
 

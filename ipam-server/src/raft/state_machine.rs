@@ -64,6 +64,7 @@ use crate::raft::codec;
 use crate::raft::codec::CodecError;
 use crate::raft::snapshot;
 use crate::raft::snapshot::SnapshotError;
+use crate::raft::snapshot_file::SnapshotFile;
 use crate::raft::types::Entry;
 use crate::raft::types::LogId;
 use crate::raft::types::Outcome;
@@ -119,6 +120,12 @@ pub enum StateMachineError {
     /// The ledger's own records are damaged.
     #[error(transparent)]
     Ledger(#[from] LedgerError),
+    /// The snapshot asked for was replaced by a newer one before it was read.
+    #[error("snapshot {snapshot} was replaced by a newer one")]
+    Superseded {
+        /// The replaced snapshot's id.
+        snapshot: String,
+    },
 }
 
 /// `Result` with [`StateMachineError`].
@@ -527,7 +534,7 @@ impl StateMachine {
         Ok(outcomes)
     }
 
-    async fn begin_receiving(&mut self) -> Result<tokio::fs::File> {
+    async fn begin_receiving(&mut self) -> Result<SnapshotFile> {
         if let Some(old) = self.receiving.take() {
             let _ = std::fs::remove_file(snapshot::part_path(&old));
         }
@@ -542,13 +549,13 @@ impl StateMachine {
             .await
             .map_err(|source| SnapshotError::Io { path: part, source })?;
         self.receiving = Some(path);
-        Ok(file)
+        Ok(SnapshotFile::from(file))
     }
 
     /// Installs the snapshot in `file`. The data is copied from the handle itself (rewound)
     /// into a new file rather than trusted to be the one `begin_receiving` created: the handle
     /// is what openraft gives back, and that is all the contract says.
-    async fn install(&mut self, meta: &SnapshotMeta, mut file: tokio::fs::File) -> Result<()> {
+    async fn install(&mut self, meta: &SnapshotMeta, mut file: SnapshotFile) -> Result<()> {
         if let Some(receiving) = self.receiving.take() {
             let _ = tokio::fs::remove_file(snapshot::part_path(&receiving)).await;
         }
@@ -575,16 +582,21 @@ impl StateMachine {
         Ok(())
     }
 
+    /// The current snapshot, handed out lazily: its sendable file (state and ledger) is made
+    /// when openraft first reads it, not when it only looks at the meta (it does at every start).
     async fn current_snapshot(&self) -> Result<Option<Snapshot>> {
-        let Some((meta, path)) = self.store.sendable().await? else {
+        let Some((meta, _)) = self.store.current_snapshot()? else {
             return Ok(None);
         };
-        let file = tokio::fs::File::open(&path)
-            .await
-            .map_err(|source| SnapshotError::Io { path, source })?;
+        let store = self.store.clone();
+        let wanted = meta.clone();
+        let data = SnapshotFile::lazy(move || async move {
+            let path = store.sendable(&wanted).await.map_err(std::io::Error::other)?;
+            tokio::fs::File::open(&path).await
+        });
         Ok(Some(Snapshot {
             meta,
-            snapshot: Box::new(file),
+            snapshot: Box::new(data),
         }))
     }
 }
@@ -628,7 +640,7 @@ impl Store {
     }
 
     /// Where the sendable form of the snapshot `meta` lives: named after the snapshot, so it is
-    /// made once per snapshot however often it is asked for (openraft asks at every start).
+    /// made once per snapshot however often it is sent.
     fn sendable_path(&self, meta: &SnapshotMeta) -> PathBuf {
         let id: String = meta
             .snapshot_id
@@ -640,17 +652,24 @@ impl Store {
 
     /// The current snapshot as another replica receives it: its state, then the ledger up to
     /// its last event, read from the events tree. Made once per snapshot (a sealed file named
-    /// after it), so building a snapshot costs the state only, and the ledger is copied when a
-    /// replica needs it (a new learner, a follower behind the purged log) or openraft asks at
-    /// start-up.
-    async fn sendable(&self) -> Result<Option<(SnapshotMeta, PathBuf)>> {
+    /// after it), so building a snapshot costs the state only, and the ledger is copied only when
+    /// a replica needs it (a new learner, a follower behind the purged log). `wanted` is the
+    /// snapshot openraft was handed; if a newer one replaced it meanwhile, this fails and
+    /// openraft asks again.
+    async fn sendable(&self, wanted: &SnapshotMeta) -> Result<PathBuf> {
         let _files = self.files.lock().await;
-        let Some((meta, state_file)) = self.current_snapshot()? else {
-            return Ok(None);
+        let (meta, state_file) = match self.current_snapshot()? {
+            Some((meta, file)) if meta == *wanted => (meta, file),
+            // A newer snapshot replaced it (and its files); openraft asks again and gets that.
+            _ => {
+                return Err(StateMachineError::Superseded {
+                    snapshot: wanted.snapshot_id.clone(),
+                });
+            }
         };
         let path = self.sendable_path(&meta);
         if path.exists() {
-            return Ok(Some((meta, path)));
+            return Ok(path);
         }
         let target = path.clone();
         let events = self.events.clone();
@@ -665,7 +684,7 @@ impl Store {
         })
         .await?;
         tracing::info!(%meta, events = count, "snapshot with its ledger made for sending");
-        Ok(Some((meta, path)))
+        Ok(path)
     }
 
     /// Removes what a crash can leave in the snapshot directory: `.part` files, and snapshot
@@ -725,7 +744,7 @@ impl SnapshotBuilder {
             .map_err(|source| SnapshotError::Io { path, source })?;
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(file),
+            snapshot: Box::new(SnapshotFile::from(file)),
         })
     }
 }
@@ -763,18 +782,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotFile>, StorageError> {
         self.begin_receiving()
             .await
             .map(Box::new)
             .map_err(|e| e.storage(ErrorSubject::Snapshot(None), ErrorVerb::Write))
     }
 
-    async fn install_snapshot(
-        &mut self,
-        meta: &SnapshotMeta,
-        snapshot: Box<tokio::fs::File>,
-    ) -> Result<(), StorageError> {
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<SnapshotFile>) -> Result<(), StorageError> {
         self.install(meta, *snapshot)
             .await
             .map_err(|e| e.storage(ErrorSubject::Snapshot(Some(meta.signature())), ErrorVerb::Write))
