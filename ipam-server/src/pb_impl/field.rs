@@ -198,7 +198,8 @@ mod tests {
         // Another family is named as such, not as a typo.
         let v6 = ip("ip", "::1").map_err(|e| e.to_string());
         assert!(
-            v6.as_ref().is_err_and(|e| e.contains("IPv6") && e.contains("IPv4 addresses only")),
+            v6.as_ref()
+                .is_err_and(|e| e.contains("IPv6") && e.contains("IPv4 addresses only")),
             "{v6:?}"
         );
         assert_eq!(optional_ip("primary_ip", ""), Ok(None));
