@@ -236,7 +236,16 @@ struct Inner {
     releases: Family<ReasonLabels, Counter>,
     exhausted: Family<WhatLabels, Counter>,
     raft: RaftGauges,
+    ledger: LedgerGauges,
     subnets: Arc<SourceSlot>,
+}
+
+/// The ledger as this replica holds it.
+#[derive(Debug, Default)]
+struct LedgerGauges {
+    last_seq: U64Gauge,
+    horizon_seq: U64Gauge,
+    pruned: Counter,
 }
 
 /// The replica's metrics: a registry of the `ipam_*` families. Cheap to clone (one `Arc`);
@@ -263,6 +272,7 @@ impl Metrics {
         let releases = Family::<ReasonLabels, Counter>::default();
         let exhausted = Family::<WhatLabels, Counter>::default();
         let raft = RaftGauges::default();
+        let ledger = LedgerGauges::default();
         let subnets = Arc::new(SourceSlot::default());
 
         registry.register(
@@ -314,6 +324,21 @@ impl Metrics {
             "Leader elections this replica has seen",
             raft.leader_changes.clone(),
         );
+        registry.register(
+            "ledger_last_seq",
+            "Sequence number of the last event in this replica's ledger",
+            ledger.last_seq.clone(),
+        );
+        registry.register(
+            "ledger_horizon_seq",
+            "First sequence number retention keeps (0 or 1: nothing pruned)",
+            ledger.horizon_seq.clone(),
+        );
+        registry.register(
+            "ledger_pruned_events",
+            "Events removed from this replica's ledger by retention",
+            ledger.pruned.clone(),
+        );
         registry.register_collector(Box::new(SubnetCollector {
             source: Arc::clone(&subnets),
         }));
@@ -327,9 +352,21 @@ impl Metrics {
                 releases,
                 exhausted,
                 raft,
+                ledger,
                 subnets,
             }),
         }
+    }
+
+    /// The ledger's last sequence number.
+    pub fn observe_ledger_seq(&self, last_seq: u64) {
+        self.inner.ledger.last_seq.set(last_seq);
+    }
+
+    /// A retention pass: the horizon it left and how many events it removed.
+    pub fn record_pruned(&self, horizon_seq: u64, removed: u64) {
+        self.inner.ledger.horizon_seq.set(horizon_seq);
+        self.inner.ledger.pruned.inc_by(removed);
     }
 
     /// The registry, to encode it.

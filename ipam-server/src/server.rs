@@ -233,6 +233,9 @@ fn follow_ledger(
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
+            if let Some((seq, _)) = page.last() {
+                metrics.observe_ledger_seq(*seq);
+            }
             for (seq, event) in page {
                 next = seq + 1;
                 if event.at < started {
@@ -275,18 +278,28 @@ async fn existing_cluster(own_id: u64, members: &BTreeMap<u64, String>) -> Optio
 }
 
 /// Prunes the ledger every `interval`: events older than `keep` go (see `ledger::retention`).
-async fn prune_ledger(retention: Retention, keep: Duration, interval: Duration, stop: &mut watch::Receiver<bool>) {
+async fn prune_ledger(
+    retention: Retention,
+    metrics: Metrics,
+    keep: Duration,
+    interval: Duration,
+    stop: &mut watch::Receiver<bool>,
+) {
     let keep_ms = u64::try_from(keep.as_millis()).unwrap_or(u64::MAX);
     loop {
         let cutoff = crate::replica::now_ms().saturating_sub(keep_ms);
         match retention.prune(cutoff).await {
-            Ok(pruned) if pruned.removed > 0 => tracing::info!(
-                removed = pruned.removed,
-                kept_for_live_leases = pruned.kept,
-                horizon_seq = pruned.horizon.seq,
-                "ledger pruned"
-            ),
-            Ok(_) => {}
+            Ok(pruned) => {
+                metrics.record_pruned(pruned.horizon.seq, pruned.removed);
+                if pruned.removed > 0 {
+                    tracing::info!(
+                        removed = pruned.removed,
+                        kept_for_live_leases = pruned.kept,
+                        horizon_seq = pruned.horizon.seq,
+                        "ledger pruned"
+                    );
+                }
+            }
             Err(error) => tracing::error!(%error, "ledger pruning failed; trying again at the next interval"),
         }
         tokio::select! {
@@ -429,8 +442,9 @@ pub async fn start(config: ServerConfig) -> Result<Running> {
     if let Some(keep) = config.ledger.retention {
         let interval = Duration::from_millis(config.ledger.prune_interval_ms);
         let mut stop = shutdown_rx.clone();
+        let metrics = metrics.clone();
         tasks.spawn(async move {
-            prune_ledger(retention, keep, interval, &mut stop).await;
+            prune_ledger(retention, metrics, keep, interval, &mut stop).await;
             Ok(())
         });
     }

@@ -335,5 +335,15 @@ async fn a_silent_node_expires_and_its_released_address_cools_down() {
         metrics.contains("ipam_grpc_requests_total{service=\"ipam.v1.AgentService\",method=\"Bind\",code=\"OK\"} 1"),
         "{metrics}"
     );
+    // The ledger's size as /metrics reports it follows the ledger.
+    let last_seq = export(addr).await.last().map_or(0, |e| e.seq);
+    eventually("ipam_ledger_last_seq to reach the ledger's last seq", || async {
+        let (_, metrics) = get(http, "/metrics").await;
+        metrics
+            .lines()
+            .any(|l| l == format!("ipam_ledger_last_seq {last_seq}"))
+            .then_some(())
+    })
+    .await;
     running.shutdown().await.unwrap_or_else(|e| panic!("shutdown: {e}"));
 }
