@@ -484,6 +484,111 @@ proptest! {
     }
 }
 
+async fn build_snapshot(sm: &mut StateMachine) {
+    let mut builder = sm.get_snapshot_builder().await;
+    builder.build_snapshot().await.unwrap_or_else(|e| panic!("{e}"));
+}
+
+async fn state_of(sm: &StateMachine) -> ipam_core::State {
+    sm.applied().read().await.state.clone()
+}
+
+#[tokio::test]
+async fn pruning_stops_at_the_snapshot_a_restart_replays_from() {
+    let dir = TempDir::new("t25-snapshot-cap");
+    let mut sim = Sim::new(&dir).await;
+    let ledger = sim.sm.ledger();
+    // No snapshot: a restart replays every event, so nothing may go.
+    let pruned = sim
+        .sm
+        .retention()
+        .prune(u64::MAX)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((pruned.removed, pruned.horizon.is_pruned()), (0, false), "{pruned:?}");
+    busy_history(&mut sim).await;
+    build_snapshot(&mut sim.sm).await;
+    let covered = ledger.last_seq();
+    busy_history(&mut sim).await;
+    let before = all_events(&ledger);
+    assert!(ledger.last_seq() > covered + 1);
+    // Retention would take everything; the snapshot holds it back to the events after it.
+    let pruned = sim
+        .sm
+        .retention()
+        .prune(u64::MAX)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(pruned.horizon.seq, covered + 1, "{pruned:?}");
+    let last_pruned_at = before.iter().find(|(seq, _)| *seq == covered).map(|(_, e)| e.at);
+    assert_eq!(Some(pruned.horizon.at), last_pruned_at.map(|at| at + 1));
+    let after = all_events(&ledger);
+    assert!(
+        after
+            .iter()
+            .filter(|(seq, _)| *seq > covered)
+            .eq(before.iter().filter(|(seq, _)| *seq > covered))
+    );
+    check_against_replay(&ledger, pruned.horizon.seq, pruned.horizon.at);
+    // A page token from before the horizon is refused, not silently continued past it.
+    let query = HistoryQuery {
+        key: Key::Node(NODES[0].to_owned()),
+        since: None,
+        until: None,
+        after_seq: 2,
+        limit: 10,
+    };
+    assert!(matches!(ledger.history(&query), Err(LedgerError::Trimmed { .. })));
+    // The restart rebuilds exactly the state it had.
+    let state = state_of(&sim.sm).await;
+    drop((sim, ledger));
+    let (_db, sm) = open(&dir).await;
+    assert_eq!(state_of(&sm).await, state, "the state after a restart");
+}
+
+#[tokio::test]
+async fn a_snapshot_handed_out_before_a_newer_one_is_built_still_reads_as_its_meta() {
+    let dir = TempDir::new("t25-handed-out");
+    let mut sim = Sim::new(&dir).await;
+    busy_history(&mut sim).await;
+    build_snapshot(&mut sim.sm).await;
+    let old_state = state_of(&sim.sm).await;
+    let handed_out = sim
+        .sm
+        .get_current_snapshot()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|| panic!("no snapshot"));
+    // A newer snapshot replaces it (and removes its files) before openraft reads the data.
+    busy_history(&mut sim).await;
+    build_snapshot(&mut sim.sm).await;
+    let other_dir = TempDir::new("t25-handed-out-follower");
+    let (_db, mut other) = open(&other_dir).await;
+    let mut received = other.begin_receiving_snapshot().await.unwrap_or_else(|e| panic!("{e}"));
+    let mut sent = handed_out.snapshot;
+    tokio::io::copy(&mut sent, &mut *received)
+        .await
+        .unwrap_or_else(|e| panic!("reading a replaced snapshot: {e}"));
+    other
+        .install_snapshot(&handed_out.meta, received)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        state_of(&other).await,
+        old_state,
+        "the data is the snapshot its meta names"
+    );
+    let files: Vec<String> = std::fs::read_dir(dir.0.join("snapshots"))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        files.iter().all(|f| !f.starts_with("send-superseded")),
+        "left behind: {files:?}"
+    );
+}
+
 /// A fixed history: pods bound on both nodes, some released, one node expired, time passing.
 async fn busy_history(sim: &mut Sim) {
     for round in 0..8_usize {
@@ -510,6 +615,7 @@ async fn pruning_keeps_the_binds_of_live_leases_and_refuses_questions_before_its
 
     // Prune up to a time in the middle of the history.
     let cutoff = before[before.len() / 2].1.at;
+    build_snapshot(&mut sim.sm).await;
     let pruned = sim
         .sm
         .retention()
@@ -641,6 +747,7 @@ async fn the_horizon_and_the_indexes_survive_a_restart_and_old_indexes_are_rebui
     busy_history(&mut sim).await;
     let events = all_events(&sim.sm.ledger());
     let cutoff = events[events.len() / 3].1.at;
+    build_snapshot(&mut sim.sm).await;
     let horizon = sim
         .sm
         .retention()

@@ -13,6 +13,7 @@ use ipam_proto::ipam::v1::agent_service_client::AgentServiceClient;
 use ipam_proto::ipam::v1::audit_service_client::AuditServiceClient;
 use ipam_server::config::ControllersConfig;
 use ipam_server::config::LedgerConfig;
+use ipam_server::config::RaftConfig;
 use ipam_server::config::ServerConfig;
 use ipam_server::server;
 use tonic::Code;
@@ -40,6 +41,11 @@ fn config(dir: &TempDir, ledger: LedgerConfig) -> ServerConfig {
         http_listen: None,
         data_dir: dir.0.clone(),
         controllers: ControllersConfig { tick_ms: 50 },
+        // Snapshots often: retention never prunes past the last one.
+        raft: RaftConfig {
+            snapshot_after_entries: 2,
+            ..RaftConfig::default()
+        },
         ledger,
         ..ServerConfig::default()
     }

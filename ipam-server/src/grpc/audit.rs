@@ -73,6 +73,18 @@ fn ledger_status(error: &LedgerError) -> Status {
     }
 }
 
+/// Events at or above the horizon are gapless; a page that does not start at `next` means
+/// retention pruned the events this stream had not sent yet (a reader slower than retention).
+fn pruned_gap(next: u64, page: &[(u64, ipam_core::Event)]) -> Option<Status> {
+    let first = page.first()?.0;
+    (first != next).then(|| {
+        Status::out_of_range(format!(
+            "events {next}..{first} were pruned by the ledger's retention before they were sent; \
+             resume from seq {first} or export a later range"
+        ))
+    })
+}
+
 /// A `since`/`until` pair: each 0 for none, never negative, until not before since.
 fn time_range(request_since: i64, request_until: i64) -> Result<(Option<u64>, Option<u64>), Status> {
     let since = time_bound("since_unix_ms", request_since)?;
@@ -237,6 +249,10 @@ impl AuditService for AuditGrpc {
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     continue;
                 }
+                if let Some(status) = pruned_gap(next, &page) {
+                    let _ = tx.send(Err(status)).await;
+                    return;
+                }
                 for (seq, event) in page {
                     next = seq + 1;
                     if matcher.matches(&event) && tx.send(Ok(event_to_pb(seq, &event))).await.is_err() {
@@ -276,12 +292,25 @@ impl AuditService for AuditGrpc {
             while next <= last {
                 let page = match ledger.read(next, PAGE) {
                     Ok(page) if !page.is_empty() => page,
-                    Ok(_) => return,
+                    Ok(_) => {
+                        // Events up to `last` were there when the export began: the ledger is
+                        // being replaced by an installed snapshot. Not a complete export.
+                        let status = Status::unavailable(format!(
+                            "the ledger was replaced (a snapshot install) during the export, at seq {next}; \
+                             export again"
+                        ));
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
                     Err(error) => {
                         let _ = tx.send(Err(ledger_status(&error))).await;
                         return;
                     }
                 };
+                if let Some(status) = pruned_gap(next, &page) {
+                    let _ = tx.send(Err(status)).await;
+                    return;
+                }
                 for (seq, event) in page {
                     if seq > last {
                         return;

@@ -343,6 +343,22 @@ impl Ledger {
             Some(since) => self.check_horizon(since, || format!("since {}", format_ms(since)))?,
             None => self.horizon()?,
         };
+        if horizon.is_pruned() {
+            // A range ending before the horizon, or a page continuing from before it (the
+            // horizon moved between pages), would be answered partially.
+            if let Some(until) = query.until.filter(|until| *until <= horizon.at) {
+                return Err(LedgerError::Trimmed {
+                    asked: format!("until {}", format_ms(until)),
+                    horizon,
+                });
+            }
+            if query.after_seq > 0 && query.after_seq + 1 < horizon.seq {
+                return Err(LedgerError::Trimmed {
+                    asked: format!("the page after seq {}", query.after_seq),
+                    horizon,
+                });
+            }
+        }
         let from = [
             horizon.seq,
             query.since.map(|since| self.seq_at(since)).transpose()?.unwrap_or(1),
@@ -366,7 +382,18 @@ impl Ledger {
                     break;
                 }
                 let seq = seq_of(&key[key.len() - 8..])?;
-                events.push((seq, self.event(seq)?));
+                match self.event(seq) {
+                    Ok(event) => events.push((seq, event)),
+                    // Pruned between reading its index entry and the event itself.
+                    Err(LedgerError::Inconsistent(_)) if self.horizon()?.seq > seq => {
+                        let horizon = self.horizon()?;
+                        return Err(LedgerError::Trimmed {
+                            asked: format!("event {seq}"),
+                            horizon,
+                        });
+                    }
+                    Err(error) => return Err(error),
+                }
             }
         }
         Ok(HistoryPage { events, more })

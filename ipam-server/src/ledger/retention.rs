@@ -6,6 +6,8 @@
 //!   prune(cutoff)
 //!     1. horizon := { seq: seq_at(cutoff), at: cutoff }      saved first: from here on queries
 //!                                                             before `cutoff` are refused
+//!        (never past the current snapshot's last event: a restart rebuilds the state from that
+//!        snapshot plus the events after it, so those stay until a newer snapshot covers them)
 //!     2. events in [pruned_to, horizon.seq), a chunk at a time, under the state machine's lock:
 //!          IpBound of a lease still live ─▶ kept (it explains that lease)
 //!          anything else                ─▶ event and its index entries removed
@@ -14,8 +16,10 @@
 //!   later, when a kept bind's lease is released ─▶ the state machine removes the bind then
 //! ```
 //!
-//! A chunk holds the state machine's lock (and the snapshot files' lock) for a few
-//! milliseconds, so applying and sending snapshots interleave with a long pass.
+//! A chunk holds the state machine's lock, then the snapshot files' lock (the order installing a
+//! snapshot takes them in; the files lock is only tried, so a sendable snapshot being made
+//! holds up pruning, not applying) for a few milliseconds, so applying and sending snapshots
+//! interleave with a long pass.
 
 use std::sync::Arc;
 
@@ -30,6 +34,7 @@ use crate::ledger::LedgerError;
 use crate::ledger::Result;
 use crate::ledger::index;
 use crate::raft::codec;
+use crate::raft::state_machine::SNAPSHOT_LAST_SEQ;
 use crate::raft::state_machine::SharedApplied;
 use crate::raft::state_machine::event_key;
 
@@ -53,6 +58,7 @@ pub struct Retention {
     applied: SharedApplied,
     events: sled::Tree,
     index: sled::Tree,
+    snapshot: sled::Tree,
     files: Arc<tokio::sync::Mutex<()>>,
 }
 
@@ -68,19 +74,38 @@ pub fn explains_live_lease(state: &State, event: &Event) -> bool {
 }
 
 impl Retention {
-    /// Prunes the ledger behind `applied` (trees `events` and `index`), taking `files` (the
-    /// state machine's snapshot-files lock) while it deletes.
+    /// Prunes the ledger behind `applied` (trees `events` and `index`; `snapshot` says up to
+    /// which seq the current snapshot holds), taking `files` (the state machine's snapshot-files
+    /// lock) while it deletes.
     pub fn new(
         applied: SharedApplied,
         events: sled::Tree,
         index: sled::Tree,
+        snapshot: sled::Tree,
         files: Arc<tokio::sync::Mutex<()>>,
     ) -> Self {
         Self {
             applied,
             events,
             index,
+            snapshot,
             files,
+        }
+    }
+
+    /// The last event seq the current snapshot holds (0: no snapshot, nothing may be pruned).
+    fn snapshot_last_seq(&self) -> Result<u64> {
+        match self.snapshot.get(SNAPSHOT_LAST_SEQ)? {
+            Some(bytes) => Ok(codec::decode(SNAPSHOT_LAST_SEQ, &bytes)?),
+            None => Ok(0),
+        }
+    }
+
+    /// The time of the event at `seq`.
+    fn time_of(&self, seq: u64) -> Result<Option<Timestamp>> {
+        match self.events.get(event_key(seq))? {
+            Some(value) => Ok(Some(codec::decode::<Event>("event", &value)?.at)),
+            None => Ok(None),
         }
     }
 
@@ -95,11 +120,19 @@ impl Retention {
         {
             let mut applied = self.applied.write().await;
             let mut horizon = Horizon::load(&self.index)?;
-            let target = index::seq_at(&self.index, cutoff, applied.last_seq)?;
+            let by_time = index::seq_at(&self.index, cutoff, applied.last_seq)?;
+            let target = by_time.min(self.snapshot_last_seq()? + 1);
             if target > horizon.seq.max(1) {
+                // Events at or after `at` are kept: the cut-off, or when the snapshot holds the
+                // horizon back, just after the last event pruned (ledger time is monotonic).
+                let at = if target == by_time {
+                    cutoff
+                } else {
+                    self.time_of(target - 1)?.map_or(cutoff, |at| at + 1)
+                };
                 horizon = Horizon {
                     seq: target,
-                    at: cutoff,
+                    at,
                     pruned_to: horizon.pruned_to.max(1),
                 };
                 let mut batch = sled::Batch::default();
@@ -111,8 +144,13 @@ impl Retention {
             pruned.horizon = horizon;
         }
         loop {
-            let _files = self.files.lock().await;
             let mut applied = self.applied.write().await;
+            let Ok(_files) = self.files.try_lock() else {
+                // A sendable snapshot is being made (it reads the events being pruned).
+                drop(applied);
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            };
             let mut horizon = Horizon::load(&self.index)?;
             if horizon.pruned_to >= horizon.seq {
                 pruned.horizon = horizon;

@@ -166,6 +166,17 @@ impl Reader {
     /// The file cannot be read or is not a snapshot of this format.
     pub fn open(path: &Path) -> Result<(Applied, Self)> {
         let file = File::open(path).map_err(io(path))?;
+        Self::from_file(file, path)
+    }
+
+    /// Reads the header of the snapshot open as `file` (named `path` in errors), from its
+    /// start: a file already open keeps its data even if its name is removed meanwhile.
+    ///
+    /// # Errors
+    ///
+    /// The file cannot be read or is not a snapshot of this format.
+    pub fn from_file(mut file: File, path: &Path) -> Result<(Applied, Self)> {
+        std::io::Seek::rewind(&mut file).map_err(io(path))?;
         let mut input = BufReader::with_capacity(1 << 20, file);
         let mut magic = [0u8; 8];
         input

@@ -81,6 +81,9 @@ const LAST_APPLIED: &str = "last_applied";
 const MEMBERSHIP: &str = "membership";
 const SNAPSHOT_META: &str = "meta";
 const SNAPSHOT_FILE: &str = "file";
+/// The last event seq of the current snapshot: what a restart replays from. Retention never
+/// prunes past it (`ledger::retention`).
+pub const SNAPSHOT_LAST_SEQ: &str = "last_seq";
 /// Events per sled batch when importing a snapshot's ledger or rebuilding its indexes.
 const IMPORT_BATCH: usize = 10_000;
 /// The index layout's version, stored in the index tree; a different (or no) version on open
@@ -120,12 +123,6 @@ pub enum StateMachineError {
     /// The ledger's own records are damaged.
     #[error(transparent)]
     Ledger(#[from] LedgerError),
-    /// The snapshot asked for was replaced by a newer one before it was read.
-    #[error("snapshot {snapshot} was replaced by a newer one")]
-    Superseded {
-        /// The replaced snapshot's id.
-        snapshot: String,
-    },
 }
 
 /// `Result` with [`StateMachineError`].
@@ -278,7 +275,7 @@ impl Store {
 
     /// Makes the complete file `path` the current snapshot unless a newer one is already saved (a
     /// snapshot installed from the leader while this one was being built). Older files go.
-    async fn save_snapshot(&self, meta: &SnapshotMeta, path: &Path) -> Result<bool> {
+    async fn save_snapshot(&self, meta: &SnapshotMeta, path: &Path, last_seq: u64) -> Result<bool> {
         let _files = self.files.lock().await;
         let current = self.current_snapshot()?;
         if current
@@ -295,6 +292,7 @@ impl Store {
         let mut batch = sled::Batch::default();
         batch.insert(SNAPSHOT_META, encode("snapshot meta", meta)?);
         batch.insert(SNAPSHOT_FILE, encode("snapshot file", &name)?);
+        batch.insert(SNAPSHOT_LAST_SEQ, encode(SNAPSHOT_LAST_SEQ, &last_seq)?);
         self.snapshot.apply_batch(batch)?;
         self.snapshot.flush_async().await?;
         // A reader still streaming an old file keeps it open; unlinking does not disturb it.
@@ -320,10 +318,33 @@ impl Store {
         Ok(())
     }
 
+    /// A state from before `State::last_at` existed has it 0; it is the latest time of the
+    /// events folded into it, which every replica computes alike from the same ledger (an upgrade
+    /// must not make replicas decide a command at different times).
+    fn upgrade_last_at(&self, applied: &mut Applied) -> Result<()> {
+        if applied.state.last_at != 0 || applied.last_seq == 0 {
+            return Ok(());
+        }
+        for kv in self.events.range(..=event_key(applied.last_seq)) {
+            let (_, value) = kv?;
+            let event: Event = decode("event", &value)?;
+            applied.state.last_at = applied.state.last_at.max(event.at);
+        }
+        tracing::info!(
+            last_at = applied.state.last_at,
+            "a state from before ledger time: its latest time recomputed"
+        );
+        Ok(())
+    }
+
     /// Rebuilds the indexes from the events, with `horizon` as the retention horizon: after an
-    /// import, or when the stored index layout is not this version's.
+    /// import, or when the stored index layout is not this version's. The horizon is saved
+    /// first, so a crash mid-way leaves it in place for the rebuild on the next open.
     fn rebuild_index(&self, horizon: Horizon) -> Result<u64> {
         self.index.clear()?;
+        let mut first = sled::Batch::default();
+        horizon.stage(&mut first);
+        self.index.apply_batch(first)?;
         let mut batch = sled::Batch::default();
         let mut in_batch = 0;
         let mut previous_index = None;
@@ -342,8 +363,11 @@ impl Store {
                 }
             }
         }
-        horizon.stage(&mut batch);
-        batch.insert(INDEX_VERSION_KEY, &INDEX_VERSION.to_be_bytes()[..]);
+        if self.options.index {
+            // Without indexing (a benchmark) no version is recorded, so a later open with
+            // indexes builds them.
+            batch.insert(INDEX_VERSION_KEY, &INDEX_VERSION.to_be_bytes()[..]);
+        }
         self.index.apply_batch(batch)?;
         Ok(count)
     }
@@ -365,6 +389,7 @@ impl Store {
             Some((_, path)) => blocking(move || Ok(snapshot::Reader::open(&path)?.0)).await?,
             None => Applied::default(),
         };
+        self.upgrade_last_at(&mut applied)?;
         for kv in self.events.range(event_key(applied.last_seq + 1)..) {
             let (key, value) = kv?;
             let event: Event = decode("event", &value)?;
@@ -397,7 +422,9 @@ impl Store {
     /// from here on redoes the import on open), then the ledger is replaced by the file's events,
     /// then the applied position moves.
     async fn import(&self, meta: &SnapshotMeta, path: PathBuf) -> Result<Applied> {
-        self.save_snapshot(meta, &path).await?;
+        let header_path = path.clone();
+        let last_seq = blocking(move || Ok(snapshot::Reader::open(&header_path)?.0.last_seq)).await?;
+        self.save_snapshot(meta, &path, last_seq).await?;
         let store = self.clone();
         let events = self.events.clone();
         let reader_path = path.clone();
@@ -415,9 +442,11 @@ impl Store {
                 }
             }
             events.apply_batch(batch)?;
-            // The sender's horizon may lie past this snapshot's last event; what arrives after
-            // it through the log is this replica's to prune.
-            applied.horizon.pruned_to = applied.horizon.pruned_to.min(applied.last_seq + 1);
+            // What arrives after this snapshot through the log is this replica's to prune, and
+            // only once a snapshot of its own covers it (a restart replays it).
+            applied.horizon.seq = applied.horizon.seq.min(applied.last_seq + 1);
+            applied.horizon.pruned_to = applied.horizon.pruned_to.min(applied.horizon.seq);
+            store.upgrade_last_at(&mut applied)?;
             store.rebuild_index(applied.horizon)?;
             Ok(applied)
         })
@@ -480,6 +509,7 @@ impl StateMachine {
             self.applied(),
             self.store.events.clone(),
             self.store.index.clone(),
+            self.store.snapshot.clone(),
             Arc::clone(&self.store.files),
         )
     }
@@ -584,15 +614,36 @@ impl StateMachine {
 
     /// The current snapshot, handed out lazily: its sendable file (state and ledger) is made
     /// when openraft first reads it, not when it only looks at the meta (it does at every start).
+    /// The state file is opened now, so the data matches the meta even if a newer snapshot
+    /// replaces this one (and removes its files) before the data is read.
     async fn current_snapshot(&self) -> Result<Option<Snapshot>> {
-        let Some((meta, _)) = self.store.current_snapshot()? else {
-            return Ok(None);
+        // Not under the files lock (making a sendable file holds it for long, and this runs on
+        // openraft's state machine worker): a newer snapshot saved between reading the meta and
+        // opening the file removes the file, and then the newer one is taken instead.
+        let mut attempts = 0;
+        let (meta, state_path, state) = loop {
+            let Some((meta, state_path)) = self.store.current_snapshot()? else {
+                return Ok(None);
+            };
+            match std::fs::File::open(&state_path) {
+                Ok(state) => break (meta, state_path, state),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempts < 10 => attempts += 1,
+                Err(source) => {
+                    return Err(SnapshotError::Io {
+                        path: state_path,
+                        source,
+                    }
+                    .into());
+                }
+            }
         };
         let store = self.store.clone();
         let wanted = meta.clone();
         let data = SnapshotFile::lazy(move || async move {
-            let path = store.sendable(&wanted).await.map_err(std::io::Error::other)?;
-            tokio::fs::File::open(&path).await
+            store
+                .sendable(&wanted, state, state_path)
+                .await
+                .map_err(std::io::Error::other)
         });
         Ok(Some(Snapshot {
             meta,
@@ -650,41 +701,57 @@ impl Store {
         self.dir.join(format!("send-{id}.snap"))
     }
 
-    /// The current snapshot as another replica receives it: its state, then the ledger up to
-    /// its last event, read from the events tree. Made once per snapshot (a sealed file named
-    /// after it), so building a snapshot costs the state only, and the ledger is copied only when
-    /// a replica needs it (a new learner, a follower behind the purged log). `wanted` is the
-    /// snapshot openraft was handed; if a newer one replaced it meanwhile, this fails and
-    /// openraft asks again.
-    async fn sendable(&self, wanted: &SnapshotMeta) -> Result<PathBuf> {
+    /// The snapshot `wanted` as another replica receives it: its state (from `state`, the
+    /// state file opened when the snapshot was handed out), then the ledger up to its last
+    /// event, read from the events tree, opened before the files lock is let go. While `wanted`
+    /// is the current snapshot the file is kept (named after it) and made once however often it
+    /// is sent, so building a snapshot costs the state only and the ledger is copied only when a
+    /// replica needs it (a new learner, a follower behind the purged log). If a newer snapshot
+    /// replaced it meanwhile, a private file is made and unlinked once open: openraft gets the
+    /// data of the meta it was handed, never an error it would take for a storage failure.
+    async fn sendable(
+        &self,
+        wanted: &SnapshotMeta,
+        state: std::fs::File,
+        state_path: PathBuf,
+    ) -> Result<tokio::fs::File> {
         let _files = self.files.lock().await;
-        let (meta, state_file) = match self.current_snapshot()? {
-            Some((meta, file)) if meta == *wanted => (meta, file),
-            // A newer snapshot replaced it (and its files); openraft asks again and gets that.
-            _ => {
-                return Err(StateMachineError::Superseded {
-                    snapshot: wanted.snapshot_id.clone(),
-                });
-            }
+        let current = self.current_snapshot()?.is_some_and(|(meta, _)| meta == *wanted);
+        let kept = self.sendable_path(wanted);
+        let open = |path: &Path| {
+            std::fs::File::open(path)
+                .map(tokio::fs::File::from_std)
+                .map_err(|source| SnapshotError::Io {
+                    path: path.to_owned(),
+                    source,
+                })
         };
-        let path = self.sendable_path(&meta);
-        if path.exists() {
-            return Ok(path);
+        if current && kept.exists() {
+            return Ok(open(&kept)?);
         }
-        let target = path.clone();
+        let target = if current {
+            kept
+        } else {
+            self.new_file("send-superseded")
+        };
         let events = self.events.clone();
         // Retention may have pruned since the snapshot was built: the file says how far, so the
-        // receiver does not take the missing events for a gap.
+        // receiver does not take the missing events for a gap. (Pruning waits for this lock.)
         let horizon = Horizon::load(&self.index)?;
+        let written = target.clone();
         let count = blocking(move || {
-            let (mut applied, _) = snapshot::Reader::open(&state_file)?;
+            let (mut applied, _) = snapshot::Reader::from_file(state, &state_path)?;
             applied.horizon = horizon;
             let end = event_key(applied.last_seq);
-            Ok(snapshot::write(&target, &applied, events.range(..=end))?)
+            Ok(snapshot::write(&written, &applied, events.range(..=end))?)
         })
         .await?;
-        tracing::info!(%meta, events = count, "snapshot with its ledger made for sending");
-        Ok(path)
+        let file = open(&target)?;
+        if !current {
+            let _ = std::fs::remove_file(&target);
+        }
+        tracing::info!(meta = %wanted, events = count, "snapshot with its ledger made for sending");
+        Ok(file)
     }
 
     /// Removes what a crash can leave in the snapshot directory: `.part` files, and snapshot
@@ -736,7 +803,7 @@ impl SnapshotBuilder {
         let applied = self.applied.clone();
         let target = path.clone();
         blocking(move || Ok(snapshot::write(&target, &applied, std::iter::empty())?)).await?;
-        self.store.save_snapshot(&meta, &path).await?;
+        self.store.save_snapshot(&meta, &path, self.applied.last_seq).await?;
         let bytes = std::fs::metadata(&path).map_or(0, |m| m.len());
         tracing::info!(%meta, last_seq = self.applied.last_seq, bytes, "snapshot built");
         let file = tokio::fs::File::open(&path)
