@@ -26,31 +26,12 @@ use openraft::storage::RaftStateMachine;
 
 mod common;
 use common::TempDir;
+#[path = "common/state_machine.rs"]
+mod open_state_machine;
+use open_state_machine::open;
 
 const NODE: &str = "ip-10-0-1-10.us-west-2.compute.internal";
 const AZ: &str = "us-west-2a";
-
-async fn open(dir: &TempDir) -> (sled::Db, StateMachine) {
-    // A reopen in the same process ("a restart") can find the previous handle's file lock still
-    // held for a moment by sled's background threads, which a real restart (a new process) never
-    // does; retry for a bounded while.
-    let path = dir.0.join("sled");
-    let mut attempts = 0;
-    let db = loop {
-        match sled::open(&path) {
-            Ok(db) => break db,
-            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") && attempts < 100 => {
-                attempts += 1;
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
-            Err(e) => panic!("open sled at {}: {e}", path.display()),
-        }
-    };
-    let sm = StateMachine::open(&db, dir.0.join("snapshots"))
-        .await
-        .unwrap_or_else(|e| panic!("open state machine: {e}"));
-    (db, sm)
-}
 
 /// Sends `leader`'s current snapshot to `follower` as openraft does: what
 /// `get_current_snapshot` gives (the state and the ledger; a built snapshot's own file holds the

@@ -42,6 +42,9 @@ use proptest::prelude::*;
 
 mod common;
 use common::TempDir;
+#[path = "common/state_machine.rs"]
+mod open_state_machine;
+use open_state_machine::open;
 
 const AZ: &str = "us-west-2a";
 const NODES: [&str; 2] = [
@@ -56,26 +59,6 @@ fn limits() -> InstanceLimits {
         branch_enis: 0,
         trunking: false,
     }
-}
-
-async fn open(dir: &TempDir) -> (sled::Db, StateMachine) {
-    let path = dir.0.join("sled");
-    let mut attempts = 0;
-    let db = loop {
-        match sled::open(&path) {
-            Ok(db) => break db,
-            // A reopen in the same process can find the old handle's lock held for a moment.
-            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") && attempts < 100 => {
-                attempts += 1;
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
-            Err(e) => panic!("open sled at {}: {e}", path.display()),
-        }
-    };
-    let sm = StateMachine::open(&db, dir.0.join("snapshots"))
-        .await
-        .unwrap_or_else(|e| panic!("open state machine: {e}"));
-    (db, sm)
 }
 
 /// A cluster of two nodes with one attached ENI of five addresses each, driven through a real
