@@ -31,6 +31,7 @@ use ipam_server::ledger::LedgerError;
 use ipam_server::ledger::Release;
 use ipam_server::raft::Proposal;
 use ipam_server::raft::StateMachine;
+use ipam_server::raft::state_machine::Options;
 use ipam_server::raft::types::Entry;
 use openraft::CommittedLeaderId;
 use openraft::EntryPayload;
@@ -45,6 +46,7 @@ use common::TempDir;
 #[path = "common/state_machine.rs"]
 mod open_state_machine;
 use open_state_machine::open;
+use open_state_machine::open_with;
 
 const AZ: &str = "us-west-2a";
 const NODES: [&str; 2] = [
@@ -99,7 +101,11 @@ fn op() -> impl Strategy<Value = Op> {
 
 impl Sim {
     async fn new(dir: &TempDir) -> Self {
-        let (db, sm) = open(dir).await;
+        Self::with_options(dir, Options::default()).await
+    }
+
+    async fn with_options(dir: &TempDir, options: Options) -> Self {
+        let (db, sm) = open_with(dir, options).await;
         let mut sim = Self {
             sm,
             _db: db,
@@ -451,10 +457,15 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
     #[test]
-    fn who_had_and_history_equal_a_replay_of_the_events(ops in prop::collection::vec(op(), 1..120)) {
+    fn who_had_and_history_equal_a_replay_of_the_events(
+        ops in prop::collection::vec(op(), 1..120),
+        flush_every in prop_oneof![Just(1_usize), 2..12_usize, Just(100_000)],
+    ) {
         runtime().block_on(async {
             let dir = TempDir::new("t25-replay");
-            let mut sim = Sim::new(&dir).await;
+            // Index entries written as many small posting chunks, a few, or all still buffered.
+            let options = Options { index_flush_every: flush_every, ..Options::default() };
+            let mut sim = Sim::with_options(&dir, options).await;
             for op in ops {
                 sim.run(op).await;
             }
@@ -589,7 +600,12 @@ async fn busy_history(sim: &mut Sim) {
 #[tokio::test]
 async fn pruning_keeps_the_binds_of_live_leases_and_refuses_questions_before_its_horizon() {
     let dir = TempDir::new("t25-prune");
-    let mut sim = Sim::new(&dir).await;
+    // Small posting chunks, so that pruning trims chunks that straddle the horizon.
+    let options = Options {
+        index_flush_every: 5,
+        ..Options::default()
+    };
+    let mut sim = Sim::with_options(&dir, options).await;
     busy_history(&mut sim).await;
     let ledger = sim.sm.ledger();
     let before = all_events(&ledger);

@@ -35,6 +35,7 @@ use tokio::sync::watch;
 
 use crate::ledger::index::BindingRecord;
 pub use crate::ledger::index::Key;
+use crate::ledger::index::SharedBuffer;
 use crate::raft::codec;
 use crate::raft::codec::CodecError;
 use crate::raft::state_machine::event_key;
@@ -188,6 +189,7 @@ pub struct HistoryPage {
 pub struct Ledger {
     events: sled::Tree,
     index: sled::Tree,
+    buffer: SharedBuffer,
     last_seq: watch::Receiver<u64>,
 }
 
@@ -199,10 +201,11 @@ fn seq_of(key: &[u8]) -> Result<u64> {
 
 impl Ledger {
     /// A reader over `events` and their `index`, told of new events through `last_seq`.
-    pub fn new(events: sled::Tree, index: sled::Tree, last_seq: watch::Receiver<u64>) -> Self {
+    pub fn new(events: sled::Tree, index: sled::Tree, buffer: SharedBuffer, last_seq: watch::Receiver<u64>) -> Self {
         Self {
             events,
             index,
+            buffer,
             last_seq,
         }
     }
@@ -256,7 +259,8 @@ impl Ledger {
     ///
     /// sled failed.
     pub fn seq_at(&self, at: Timestamp) -> Result<u64> {
-        Ok(index::seq_at(&self.index, at, self.last_seq())?)
+        let buffer = index::read(&self.buffer);
+        index::seq_at(&self.index, &buffer, at, self.last_seq()).map_err(LedgerError::Inconsistent)
     }
 
     /// The server's handle of the ENI EC2 knows as `eni_id`, if it ever attached.
@@ -265,12 +269,14 @@ impl Ledger {
     ///
     /// sled failed or the record is damaged.
     pub fn eni_ref(&self, eni_id: &str) -> Result<Option<EniRef>> {
-        self.index
-            .get(index::eni_id_key(eni_id))?
+        let buffer = index::read(&self.buffer);
+        index::record(&self.index, &buffer, &index::eni_id_key(eni_id))?
             .map(|value| {
-                value.as_ref().try_into().map(u64::from_be_bytes).map_err(|_| {
-                    LedgerError::Inconsistent(format!("the ENI record of {eni_id} has {} bytes", value.len()))
-                })
+                <[u8; 8]>::try_from(value.as_slice())
+                    .map(u64::from_be_bytes)
+                    .map_err(|_| {
+                        LedgerError::Inconsistent(format!("the ENI record of {eni_id} has {} bytes", value.len()))
+                    })
             })
             .transpose()
     }
@@ -296,9 +302,12 @@ impl Ledger {
     /// `at` is before the retention horizon, or the ledger cannot be read.
     pub fn who_had(&self, ip: Ipv4Addr, at: Timestamp) -> Result<Vec<Binding>> {
         self.check_horizon(at, || format!("{ip} at {}", format_ms(at)))?;
+        let records = {
+            let buffer = index::read(&self.buffer);
+            index::binding_records(&self.index, &buffer, ip)?
+        };
         let mut live = Vec::new();
-        for kv in self.index.scan_prefix(index::binding_prefix(ip)).rev() {
-            let (key, value) = kv?;
+        for (key, value) in records.into_iter().rev() {
             let record = BindingRecord::decode(&value)
                 .ok_or_else(|| LedgerError::Inconsistent(format!("binding record {key:?} of {} bytes", value.len())))?;
             if record.bound_at() > at {
@@ -375,13 +384,13 @@ impl Ledger {
         let mut events = Vec::new();
         let mut more = false;
         if from < to {
-            for kv in self.index.range(query.key.entry(from)..query.key.entry(to)) {
-                let (key, _) = kv?;
-                if events.len() == query.limit {
-                    more = true;
-                    break;
-                }
-                let seq = seq_of(&key[key.len() - 8..])?;
+            let seqs;
+            (seqs, more) = {
+                let buffer = index::read(&self.buffer);
+                index::postings(&self.index, &buffer, &query.key, from, to, query.limit)
+                    .map_err(LedgerError::Inconsistent)?
+            };
+            for seq in seqs {
                 match self.event(seq) {
                     Ok(event) => events.push((seq, event)),
                     // Pruned between reading its index entry and the event itself.

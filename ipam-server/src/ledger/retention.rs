@@ -59,6 +59,7 @@ pub struct Retention {
     events: sled::Tree,
     index: sled::Tree,
     snapshot: sled::Tree,
+    buffer: index::SharedBuffer,
     files: Arc<tokio::sync::Mutex<()>>,
 }
 
@@ -74,14 +75,15 @@ pub fn explains_live_lease(state: &State, event: &Event) -> bool {
 }
 
 impl Retention {
-    /// Prunes the ledger behind `applied` (trees `events` and `index`; `snapshot` says up to
-    /// which seq the current snapshot holds), taking `files` (the state machine's snapshot-files
-    /// lock) while it deletes.
+    /// Prunes the ledger behind `applied` (trees `events` and `index`, and the index entries
+    /// still in `buffer`; `snapshot` says up to which seq the current snapshot holds), taking
+    /// `files` (the state machine's snapshot-files lock) while it deletes.
     pub fn new(
         applied: SharedApplied,
         events: sled::Tree,
         index: sled::Tree,
         snapshot: sled::Tree,
+        buffer: index::SharedBuffer,
         files: Arc<tokio::sync::Mutex<()>>,
     ) -> Self {
         Self {
@@ -89,6 +91,7 @@ impl Retention {
             events,
             index,
             snapshot,
+            buffer,
             files,
         }
     }
@@ -120,7 +123,16 @@ impl Retention {
         {
             let mut applied = self.applied.write().await;
             let mut horizon = Horizon::load(&self.index)?;
-            let by_time = index::seq_at(&self.index, cutoff, applied.last_seq)?;
+            // Everything indexed goes to the tree first: chunks are trimmed there.
+            let mut buffer = index::write(&self.buffer);
+            if !buffer.is_empty() {
+                let mut batch = sled::Batch::default();
+                buffer.drain_into(&mut batch, applied.last_seq + 1);
+                self.index.apply_batch(batch)?;
+            }
+            let by_time =
+                index::seq_at(&self.index, &buffer, cutoff, applied.last_seq).map_err(LedgerError::Inconsistent)?;
+            drop(buffer);
             let target = by_time.min(self.snapshot_last_seq()? + 1);
             if target > horizon.seq.max(1) {
                 // Events at or after `at` are kept: the cut-off, or when the snapshot holds the
@@ -159,21 +171,26 @@ impl Retention {
             let end = horizon.seq.min(horizon.pruned_to.saturating_add(CHUNK));
             let mut events = sled::Batch::default();
             let mut entries = sled::Batch::default();
+            let mut prefixes = std::collections::BTreeSet::new();
             for kv in self.events.range(event_key(horizon.pruned_to)..event_key(end)) {
                 let (key, value) = kv?;
-                let seq = key
-                    .as_ref()
-                    .try_into()
-                    .map(u64::from_be_bytes)
-                    .map_err(|_| LedgerError::Key(key.len()))?;
                 let event: Event = codec::decode("event", &value)?;
                 if explains_live_lease(&applied.state, &event) {
                     pruned.kept += 1;
                     continue;
                 }
                 events.remove(&key);
-                index::unstage(&mut entries, seq, &event);
+                prefixes.extend(index::keys_of(&event).iter().map(index::Key::prefix));
+                // The binding's record goes with the release that ended it.
+                if let EventKind::IpReleased { lease, .. } = &event.kind {
+                    entries.remove(&index::binding_key(lease.ip, lease.id)[..]);
+                }
                 pruned.removed += 1;
+            }
+            prefixes.insert(index::TIME_PREFIX.to_vec());
+            for prefix in &prefixes {
+                index::trim_chunks(&self.index, prefix, horizon.seq, &mut entries)
+                    .map_err(LedgerError::Inconsistent)?;
             }
             horizon.pruned_to = end;
             horizon.stage(&mut entries);

@@ -89,7 +89,7 @@ const IMPORT_BATCH: usize = 10_000;
 /// The index layout's version, stored in the index tree; a different (or no) version on open
 /// rebuilds the indexes from the events.
 const INDEX_VERSION_KEY: &[u8] = b"v";
-const INDEX_VERSION: u32 = 1;
+const INDEX_VERSION: u32 = 2;
 
 /// Why a state machine operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -201,11 +201,17 @@ pub struct Options {
     /// Whether events are indexed. Always on in a server; off only to measure what indexing
     /// costs (the ledger benchmark), and then WhoHad and History find nothing.
     pub index: bool,
+    /// How many events' index entries are buffered before they are written as posting chunks
+    /// (`ledger::index::FLUSH_EVERY`; tests make it small to exercise many chunks).
+    pub index_flush_every: usize,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { index: true }
+        Self {
+            index: true,
+            index_flush_every: index::FLUSH_EVERY,
+        }
     }
 }
 
@@ -225,6 +231,8 @@ pub struct StateMachine {
 struct Store {
     events: sled::Tree,
     index: sled::Tree,
+    /// Index entries of the events not yet written to `index` (`ledger::index`).
+    buffer: index::SharedBuffer,
     meta: sled::Tree,
     options: Options,
     snapshot: sled::Tree,
@@ -245,6 +253,7 @@ impl Store {
         Ok(Self {
             events: db.open_tree(EVENTS_TREE)?,
             index: db.open_tree(index::INDEX_TREE)?,
+            buffer: Arc::default(),
             meta: db.open_tree(META_TREE)?,
             options,
             snapshot: db.open_tree(SNAPSHOT_TREE)?,
@@ -303,15 +312,15 @@ impl Store {
         Ok(true)
     }
 
-    /// Writes the events of one `apply` call and their index entries with the new last-applied
-    /// position, atomically.
-    fn save_applied(&self, events: &sled::Batch, entries: &sled::Batch, applied: &Applied) -> Result<()> {
+    /// Writes the events of one `apply` call with the new last-applied position, atomically.
+    /// (Their index entries follow through the buffer; see `ledger::index` for why that is
+    /// crash-safe.)
+    fn save_applied(&self, events: &sled::Batch, applied: &Applied) -> Result<()> {
         let mut meta = sled::Batch::default();
         meta.insert(LAST_APPLIED, encode(LAST_APPLIED, &applied.last_applied)?);
         meta.insert(MEMBERSHIP, encode(MEMBERSHIP, &applied.membership)?);
-        (&self.events, &self.index, &self.meta).transaction(|(events_tx, index_tx, meta_tx)| {
+        (&self.events, &self.meta).transaction(|(events_tx, meta_tx)| {
             events_tx.apply_batch(events)?;
-            index_tx.apply_batch(entries)?;
             meta_tx.apply_batch(&meta)?;
             Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
         })?;
@@ -345,31 +354,66 @@ impl Store {
         let mut first = sled::Batch::default();
         horizon.stage(&mut first);
         self.index.apply_batch(first)?;
-        let mut batch = sled::Batch::default();
-        let mut in_batch = 0;
+        let mut building = index::IndexBuffer::new(1);
         let mut previous_index = None;
+        let mut next = 1;
         let mut count = 0;
         if self.options.index {
             for kv in &self.events {
                 let (key, value) = kv?;
                 let event: Event = decode("event", &value)?;
-                index::stage(&mut batch, seq_of(&key)?, &event, previous_index != Some(event.index));
-                previous_index = Some(event.index);
-                count += 1;
-                in_batch += 1;
-                if in_batch == IMPORT_BATCH {
-                    self.index.apply_batch(std::mem::take(&mut batch))?;
-                    in_batch = 0;
+                let first_of_command = previous_index != Some(event.index);
+                // Flushed at command boundaries only: a command's events share a time entry.
+                if first_of_command && building.len() >= self.options.index_flush_every {
+                    let mut batch = sled::Batch::default();
+                    building.drain_into(&mut batch, next);
+                    self.index.apply_batch(batch)?;
                 }
+                let seq = seq_of(&key)?;
+                building.stage(seq, &event, first_of_command);
+                previous_index = Some(event.index);
+                next = seq + 1;
+                count += 1;
             }
         }
+        let mut batch = sled::Batch::default();
+        building.drain_into(&mut batch, next);
         if self.options.index {
             // Without indexing (a benchmark) no version is recorded, so a later open with
             // indexes builds them.
             batch.insert(INDEX_VERSION_KEY, &INDEX_VERSION.to_be_bytes()[..]);
         }
         self.index.apply_batch(batch)?;
+        *index::write(&self.buffer) = index::IndexBuffer::new(next);
         Ok(count)
+    }
+
+    /// Indexes, into the buffer, the events at or above the stored watermark: those whose
+    /// entries were still buffered when the replica stopped.
+    fn refill_buffer(&self) -> Result<u64> {
+        let watermark = index::stored_watermark(&self.index)?;
+        let mut buffer = index::IndexBuffer::new(watermark);
+        let mut previous_index = None;
+        let mut count = 0;
+        if self.options.index {
+            for kv in self.events.range(event_key(watermark)..) {
+                let (key, value) = kv?;
+                let event: Event = decode("event", &value)?;
+                buffer.stage(seq_of(&key)?, &event, previous_index != Some(event.index));
+                previous_index = Some(event.index);
+                count += 1;
+            }
+        }
+        *index::write(&self.buffer) = buffer;
+        Ok(count)
+    }
+
+    /// Writes the buffered index entries to the tree (`next`: one past the last event staged).
+    fn flush_index(&self, buffer: &mut index::IndexBuffer, next: u64) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        buffer.drain_into(&mut batch, next);
+        self.index.apply_batch(batch)?;
+        Ok(())
     }
 
     /// Whether the stored indexes are this version's.
@@ -404,6 +448,8 @@ impl Store {
         }
         if self.index_current()? {
             applied.horizon = Horizon::load(&self.index)?;
+            let count = self.refill_buffer()?;
+            tracing::debug!(events = count, "ledger index buffer refilled");
         } else {
             let store = self.clone();
             // The horizon record outlives a layout change (it is rewritten as it was).
@@ -453,7 +499,7 @@ impl Store {
         .await?;
         installed.last_applied = meta.last_log_id;
         installed.membership = meta.last_membership.clone();
-        self.save_applied(&sled::Batch::default(), &sled::Batch::default(), &installed)?;
+        self.save_applied(&sled::Batch::default(), &installed)?;
         self.events.flush_async().await?;
         Ok(installed)
     }
@@ -499,6 +545,7 @@ impl StateMachine {
         Ledger::new(
             self.store.events.clone(),
             self.store.index.clone(),
+            Arc::clone(&self.store.buffer),
             self.last_seq.subscribe(),
         )
     }
@@ -510,6 +557,7 @@ impl StateMachine {
             self.store.events.clone(),
             self.store.index.clone(),
             self.store.snapshot.clone(),
+            Arc::clone(&self.store.buffer),
             Arc::clone(&self.store.files),
         )
     }
@@ -517,7 +565,7 @@ impl StateMachine {
     async fn apply_entries(&mut self, entries: impl IntoIterator<Item = Entry>) -> Result<Vec<Outcome>> {
         let mut applied = self.applied.write().await;
         let mut events = sled::Batch::default();
-        let mut index_entries = sled::Batch::default();
+        let mut staged: Vec<(u64, Event, bool)> = Vec::new();
         let mut outcomes = Vec::new();
         for entry in entries {
             let index = entry.log_id.index;
@@ -531,19 +579,16 @@ impl StateMachine {
                     let command = proposal.into_command(index);
                     match decide(&applied.state, &command) {
                         Ok(decision) => {
-                            for (i, event) in decision.events.iter().enumerate() {
+                            for (i, event) in decision.events.into_iter().enumerate() {
                                 applied.last_seq += 1;
-                                events.insert(&event_key(applied.last_seq), encode("event", event)?);
+                                events.insert(&event_key(applied.last_seq), encode("event", &event)?);
                                 if self.store.options.index {
-                                    index::stage(&mut index_entries, applied.last_seq, event, i == 0);
-                                    self.store.release_kept_bind(
-                                        &mut events,
-                                        &mut index_entries,
-                                        applied.horizon,
-                                        event,
-                                    )?;
+                                    self.store.release_kept_bind(&mut events, applied.horizon, &event)?;
                                 }
-                                applied.state.apply(event);
+                                applied.state.apply(&event);
+                                if self.store.options.index {
+                                    staged.push((applied.last_seq, event, i == 0));
+                                }
                             }
                             Outcome::from(Ok(decision.reply))
                         }
@@ -559,7 +604,17 @@ impl StateMachine {
         }
         // A failure here leaves the in-memory state ahead of sled; openraft then stops the
         // replica, and a restart rebuilds from what sled has.
-        self.store.save_applied(&events, &index_entries, &applied)?;
+        self.store.save_applied(&events, &applied)?;
+        if !staged.is_empty() {
+            // Indexed once the events are stored: a reader never finds an entry without its event.
+            let mut buffer = index::write(&self.store.buffer);
+            for (seq, event, first_of_command) in &staged {
+                buffer.stage(*seq, event, *first_of_command);
+            }
+            if buffer.len() >= self.store.options.index_flush_every {
+                self.store.flush_index(&mut buffer, applied.last_seq + 1)?;
+            }
+        }
         self.last_seq.send_replace(applied.last_seq);
         Ok(outcomes)
     }
@@ -655,37 +710,24 @@ impl StateMachine {
 impl Store {
     /// When `event` releases a lease whose bind retention kept below the horizon (it explained
     /// a live lease), the bind goes now: adds its removal to the batches.
-    fn release_kept_bind(
-        &self,
-        events: &mut sled::Batch,
-        entries: &mut sled::Batch,
-        horizon: Horizon,
-        event: &Event,
-    ) -> Result<()> {
+    fn release_kept_bind(&self, events: &mut sled::Batch, horizon: Horizon, event: &Event) -> Result<()> {
         let ipam_core::EventKind::IpReleased { lease, .. } = &event.kind else {
             return Ok(());
         };
         if !horizon.is_pruned() {
             return Ok(());
         }
-        let record = self
-            .index
-            .get(index::binding_key(lease.ip, lease.id))?
-            .and_then(|value| index::BindingRecord::decode(&value));
+        let record = {
+            let buffer = index::read(&self.buffer);
+            index::record(&self.index, &buffer, &index::binding_key(lease.ip, lease.id))?
+        }
+        .and_then(|value| index::BindingRecord::decode(&value));
+        // Its index entries went when the horizon passed it (retention trims the chunks); the
+        // binding's record is overwritten by this release.
         if let Some(index::BindingRecord::Bound { seq, .. }) = record
             && seq < horizon.seq
         {
-            let bind = Event {
-                index: lease.id,
-                at: lease.bound_at,
-                actor: event.actor.clone(),
-                kind: ipam_core::EventKind::IpBound {
-                    lease: lease.clone(),
-                    request_id: None,
-                },
-            };
             events.remove(&event_key(seq));
-            index::unstage(entries, seq, &bind);
         }
         Ok(())
     }

@@ -1,6 +1,7 @@
 //! Opening a state machine on a test directory, for the tests that drive one directly.
 
 use ipam_server::raft::StateMachine;
+use ipam_server::raft::state_machine::Options;
 
 use super::TempDir;
 
@@ -10,6 +11,11 @@ use super::TempDir;
 /// held for a moment by sled's background threads, which a real restart (a new process) never
 /// does; it is retried for a bounded while.
 pub async fn open(dir: &TempDir) -> (sled::Db, StateMachine) {
+    open_with(dir, Options::default()).await
+}
+
+/// [`open`] with `options`.
+pub async fn open_with(dir: &TempDir, options: Options) -> (sled::Db, StateMachine) {
     let path = dir.0.join("sled");
     let mut attempts = 0;
     let db = loop {
@@ -22,7 +28,7 @@ pub async fn open(dir: &TempDir) -> (sled::Db, StateMachine) {
             Err(e) => panic!("open sled at {}: {e}", path.display()),
         }
     };
-    let sm = StateMachine::open(&db, dir.0.join("snapshots"))
+    let sm = StateMachine::open_with(&db, dir.0.join("snapshots"), options)
         .await
         .unwrap_or_else(|e| panic!("open state machine: {e}"));
     (db, sm)
