@@ -22,6 +22,10 @@ use tonic::transport::Endpoint;
 
 mod common;
 use common::TempDir;
+#[path = "common/agent_setup.rs"]
+mod agent_setup;
+use agent_setup::NodeSetup;
+use agent_setup::register_with_eni;
 
 const NODE: &str = "ip-10-0-1-10.us-west-2.compute.internal";
 const AZ: &str = "us-west-2a";
@@ -106,52 +110,19 @@ async fn cluster(addr: SocketAddr) -> u64 {
         })
         .await
         .unwrap_or_else(|e| panic!("upsert subnet config: {e}"));
-    let epoch = agent
-        .register_node(pb::RegisterNodeRequest {
-            node: NODE.to_owned(),
-            request_id: "register".to_owned(),
-            instance_id: "i-0123456789abcdef0".to_owned(),
-            instance_type: "m5.xlarge".to_owned(),
-            availability_zone: AZ.to_owned(),
-            limits: Some(pb::NodeLimits {
-                max_enis: 4,
-                ipv4_per_eni: 15,
-                branch_enis: 0,
-                trunking: false,
-            }),
-            labels: Default::default(),
-            subnet_config: AZ.to_owned(),
-            pod_eni_enabled: false,
-            primary_ip: "10.0.1.10".to_owned(),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("register: {e}"))
-        .into_inner()
-        .epoch;
-    let plan = agent
-        .plan_eni(pb::PlanEniRequest {
-            node: NODE.to_owned(),
-            epoch,
-            request_id: "plan".to_owned(),
-            kind: pb::EniKind::Secondary.into(),
-            ip_count: 3,
-        })
-        .await
-        .unwrap_or_else(|e| panic!("plan ENI: {e}"))
-        .into_inner();
-    agent
-        .report_eni_attached(pb::ReportEniAttachedRequest {
-            node: NODE.to_owned(),
-            epoch,
-            request_id: "attached".to_owned(),
-            eni_ref: plan.eni_ref,
-            eni_id: ENI_ID.to_owned(),
-            mac: "02:00:00:00:00:01".to_owned(),
-            attachment_id: "eni-attach-0123456789abcdef0".to_owned(),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("report attached: {e}"));
-    epoch
+    register_with_eni(
+        &mut agent,
+        &NodeSetup {
+            node: NODE,
+            instance_id: "i-0123456789abcdef0",
+            az: AZ,
+            ips: 3,
+            eni_id: ENI_ID,
+            mac: "02:00:00:00:00:01",
+        },
+    )
+    .await
+    .0
 }
 
 async fn who_had(
