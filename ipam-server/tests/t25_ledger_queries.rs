@@ -278,11 +278,17 @@ fn bindings_by_replay(events: &[(u64, Event)]) -> Vec<(Lease, Option<Release>)> 
     for (seq, event) in events {
         match &event.kind {
             EventKind::IpBound { lease, .. } => bindings.push((lease.clone(), None)),
-            EventKind::IpReleased { lease, reason, .. } => {
+            EventKind::IpReleased {
+                lease,
+                reason,
+                cooling_until,
+                ..
+            } => {
                 let ended = Release {
                     seq: *seq,
                     at: event.at,
                     reason: *reason,
+                    cooling_until: *cooling_until,
                 };
                 match bindings.iter_mut().find(|(l, _)| l.id == lease.id) {
                     Some(binding) => binding.1 = Some(ended),

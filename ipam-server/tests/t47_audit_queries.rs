@@ -238,6 +238,10 @@ async fn who_had_and_history_answer_an_auditor_and_retention_refuses_what_it_pru
     assert_eq!(lease.lease_id, web0.lease_id);
     assert_eq!(lease.subnet_id, "subnet-011b111c1f11fdf11");
     assert_eq!(binding.release_reason(), pb::ReleaseReason::CniDel);
+    assert!(
+        lease.cooling_until_unix_ms > binding.released_at_unix_ms,
+        "the release's own cooldown: {lease:?}"
+    );
     assert!(binding.released_at_unix_ms > web0.bound_at_unix_ms);
     // At the release, and now: nobody.
     let released_at = binding.released_at_unix_ms;

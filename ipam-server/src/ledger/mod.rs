@@ -158,6 +158,8 @@ pub struct Release {
     pub at: Timestamp,
     /// Why.
     pub reason: ReleaseReason,
+    /// When its address could be bound again (the end of its cooldown).
+    pub cooling_until: Timestamp,
 }
 
 /// A History question.
@@ -326,12 +328,18 @@ impl Ledger {
         let event = self.event(record.seq())?;
         match event.kind {
             EventKind::IpBound { lease, .. } => Ok(Binding { lease, released: None }),
-            EventKind::IpReleased { lease, reason, .. } => Ok(Binding {
+            EventKind::IpReleased {
+                lease,
+                reason,
+                cooling_until,
+                ..
+            } => Ok(Binding {
                 lease,
                 released: Some(Release {
                     seq: record.seq(),
                     at: event.at,
                     reason,
+                    cooling_until,
                 }),
             }),
             other => Err(LedgerError::Inconsistent(format!(

@@ -155,9 +155,8 @@ pub fn binding_to_pb(state: &State, binding: &Binding) -> pb::Binding {
         Some(_) => pb::LeaseState::Cooling,
     }
     .into();
-    if binding.released.is_none() {
-        lease.cooling_until_unix_ms = 0;
-    }
+    // The cooldown of this binding's release, not whatever the address is doing now.
+    lease.cooling_until_unix_ms = binding.released.map_or(0, |r| time::to_unix_ms(r.cooling_until));
     pb::Binding {
         instance_id: binding.lease.instance_id.clone(),
         released_at_unix_ms: binding.released.map_or(0, |r| time::to_unix_ms(r.at)),
