@@ -11,6 +11,8 @@
 //! agent asks EC2 for exactly those. Creating an ENI carries the intent's token as EC2's
 //! ClientToken, so a create repeated after a crash returns the same ENI instead of a second one.
 
+pub mod aws;
+pub mod intents;
 pub mod sim;
 
 use std::net::Ipv4Addr;
