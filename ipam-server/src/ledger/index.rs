@@ -338,11 +338,21 @@ impl IndexBuffer {
         }
     }
 
-    /// Moves everything buffered into `batch` (for the index tree), with the watermark `next`
-    /// (one past the last event staged), and empties the buffer. The caller applies the batch
-    /// while it holds the buffer's write lock, so readers never see the entries twice or not at
-    /// all.
-    pub fn drain_into(&mut self, batch: &mut sled::Batch, next: u64) {
+    /// Writes everything buffered to `index` as posting chunks, with the watermark `next` (one
+    /// past the last event staged), and empties the buffer. Called with the buffer's write lock
+    /// held (or on a buffer no reader sees), so readers never see the entries twice or not at all.
+    ///
+    /// # Errors
+    ///
+    /// sled failed; the buffer is then empty, and the entries are rebuilt from the events above
+    /// the stored watermark on the next open.
+    pub fn write_to(&mut self, index: &sled::Tree, next: u64) -> sled::Result<()> {
+        let mut batch = sled::Batch::default();
+        self.drain_into(&mut batch, next);
+        index.apply_batch(batch)
+    }
+
+    fn drain_into(&mut self, batch: &mut sled::Batch, next: u64) {
         for (prefix, seqs) in self.postings.drain() {
             if let Some(first) = seqs.first() {
                 batch.insert(chunk_key(&prefix, *first), encode_seqs(&seqs));

@@ -402,12 +402,15 @@ impl Ledger {
                 match self.event(seq) {
                     Ok(event) => events.push((seq, event)),
                     // Pruned between reading its index entry and the event itself.
-                    Err(LedgerError::Inconsistent(_)) if self.horizon()?.seq > seq => {
+                    Err(error @ LedgerError::Inconsistent(_)) => {
                         let horizon = self.horizon()?;
-                        return Err(LedgerError::Trimmed {
-                            asked: format!("event {seq}"),
-                            horizon,
-                        });
+                        if horizon.seq > seq {
+                            return Err(LedgerError::Trimmed {
+                                asked: format!("event {seq}"),
+                                horizon,
+                            });
+                        }
+                        return Err(error);
                     }
                     Err(error) => return Err(error),
                 }

@@ -126,9 +126,7 @@ impl Retention {
             // Everything indexed goes to the tree first: chunks are trimmed there.
             let mut buffer = index::write(&self.buffer);
             if !buffer.is_empty() {
-                let mut batch = sled::Batch::default();
-                buffer.drain_into(&mut batch, applied.last_seq + 1);
-                self.index.apply_batch(batch)?;
+                buffer.write_to(&self.index, applied.last_seq + 1)?;
             }
             let by_time =
                 index::seq_at(&self.index, &buffer, cutoff, applied.last_seq).map_err(LedgerError::Inconsistent)?;

@@ -355,35 +355,17 @@ impl Store {
         horizon.stage(&mut first);
         self.index.apply_batch(first)?;
         let mut building = index::IndexBuffer::new(1);
-        let mut previous_index = None;
-        let mut next = 1;
-        let mut count = 0;
-        if self.options.index {
-            for kv in &self.events {
-                let (key, value) = kv?;
-                let event: Event = decode("event", &value)?;
-                let first_of_command = previous_index != Some(event.index);
-                // Flushed at command boundaries only: a command's events share a time entry.
-                if first_of_command && building.len() >= self.options.index_flush_every {
-                    let mut batch = sled::Batch::default();
-                    building.drain_into(&mut batch, next);
-                    self.index.apply_batch(batch)?;
-                }
-                let seq = seq_of(&key)?;
-                building.stage(seq, &event, first_of_command);
-                previous_index = Some(event.index);
-                next = seq + 1;
-                count += 1;
-            }
-        }
-        let mut batch = sled::Batch::default();
-        building.drain_into(&mut batch, next);
+        let count = self.stage_events(&mut building, 1, Some(self.options.index_flush_every))?;
+        let next = match self.events.last()? {
+            Some((key, _)) => seq_of(&key)? + 1,
+            None => 1,
+        };
+        building.write_to(&self.index, next)?;
         if self.options.index {
             // Without indexing (a benchmark) no version is recorded, so a later open with
-            // indexes builds them.
-            batch.insert(INDEX_VERSION_KEY, &INDEX_VERSION.to_be_bytes()[..]);
+            // indexes builds them. Written last: a crash before it means a rebuild on open.
+            self.index.insert(INDEX_VERSION_KEY, &INDEX_VERSION.to_be_bytes()[..])?;
         }
-        self.index.apply_batch(batch)?;
         *index::write(&self.buffer) = index::IndexBuffer::new(next);
         Ok(count)
     }
@@ -393,27 +375,38 @@ impl Store {
     fn refill_buffer(&self) -> Result<u64> {
         let watermark = index::stored_watermark(&self.index)?;
         let mut buffer = index::IndexBuffer::new(watermark);
-        let mut previous_index = None;
-        let mut count = 0;
-        if self.options.index {
-            for kv in self.events.range(event_key(watermark)..) {
-                let (key, value) = kv?;
-                let event: Event = decode("event", &value)?;
-                buffer.stage(seq_of(&key)?, &event, previous_index != Some(event.index));
-                previous_index = Some(event.index);
-                count += 1;
-            }
-        }
+        let count = self.stage_events(&mut buffer, watermark, None)?;
         *index::write(&self.buffer) = buffer;
+        Ok(count)
+    }
+
+    /// Stages the stored events from seq `from` on into `buffer` (nothing without indexing),
+    /// writing it to the tree whenever it holds `flush_every` events, at a command boundary (a
+    /// command's events share one time entry). Returns how many events were staged.
+    fn stage_events(&self, buffer: &mut index::IndexBuffer, from: u64, flush_every: Option<usize>) -> Result<u64> {
+        let mut count = 0;
+        if !self.options.index {
+            return Ok(count);
+        }
+        let mut previous_index = None;
+        for kv in self.events.range(event_key(from)..) {
+            let (key, value) = kv?;
+            let seq = seq_of(&key)?;
+            let event: Event = decode("event", &value)?;
+            let first_of_command = previous_index != Some(event.index);
+            if first_of_command && flush_every.is_some_and(|n| buffer.len() >= n) {
+                buffer.write_to(&self.index, seq)?;
+            }
+            buffer.stage(seq, &event, first_of_command);
+            previous_index = Some(event.index);
+            count += 1;
+        }
         Ok(count)
     }
 
     /// Writes the buffered index entries to the tree (`next`: one past the last event staged).
     fn flush_index(&self, buffer: &mut index::IndexBuffer, next: u64) -> Result<()> {
-        let mut batch = sled::Batch::default();
-        buffer.drain_into(&mut batch, next);
-        self.index.apply_batch(batch)?;
-        Ok(())
+        Ok(buffer.write_to(&self.index, next)?)
     }
 
     /// Whether the stored indexes are this version's.
