@@ -15,7 +15,8 @@ pub mod error;
 pub mod etcd;
 pub mod loadgen;
 pub mod report;
-pub mod routing;
+/// Leader following and retries live in `ipam-client`, shared with the node agent and ipamctl.
+pub use ipam_client as routing;
 
 pub use error::Error;
 pub use error::Result;

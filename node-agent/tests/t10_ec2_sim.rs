@@ -173,7 +173,7 @@ async fn an_eni_goes_through_create_attach_assign_unassign_detach_delete() {
     assert_eq!(eni.security_groups, vec!["sg-0aaaaaaaaaaaaaaa1".to_owned()]);
     assert_eq!(eni.interface_type, InterfaceType::Interface);
     assert_eq!(eni.status, "available");
-    assert_eq!(eni.description, "ipam-eks-intent-1");
+    assert_eq!(eni.description, format!("{DESCRIPTION_PREFIX}intent-1"));
     assert_eq!(eni.tag(tags::INTENT), Some("intent-1"));
     assert_eq!(eni.tag(tags::NODE), Some("node-1"));
     assert_eq!(eni.attachment, None);

@@ -97,7 +97,7 @@ async fn moto_eni_lifecycle_with_explicit_addresses() {
     assert_eq!(eni.security_groups, vec![world.security_group.clone()]);
     assert_eq!(eni.tag(tags::INTENT), Some("intent-1"));
     assert_eq!(eni.tag(tags::NODE), Some("node-a"));
-    assert_eq!(eni.description, "ipam-eks-intent-1");
+    assert_eq!(eni.description, format!("{DESCRIPTION_PREFIX}intent-1"));
     assert_eq!(eni.attachment, None);
 
     // The same token again. EC2 answers with the first ENI; moto ignores ClientToken on

@@ -419,6 +419,18 @@ impl DomainError {
         }
     }
 
+    /// For a refusal that an agent answers by registering again, why, in the words of the API's
+    /// `ipam-register` metadata: `stale-epoch`, `node-expired` or `node-unknown`.
+    pub fn register_again(&self) -> Option<&'static str> {
+        use DomainError::*;
+        match self {
+            StaleEpoch { .. } => Some("stale-epoch"),
+            NodeExpired { .. } => Some("node-expired"),
+            NodeNotFound { .. } => Some("node-unknown"),
+            _ => None,
+        }
+    }
+
     /// How the API maps this refusal.
     pub fn code(&self) -> ErrorCode {
         use DomainError::*;

@@ -14,6 +14,7 @@ pub mod cidr;
 pub mod command;
 pub mod decide;
 pub mod detmap;
+pub mod eni_tags;
 pub mod error;
 pub mod event;
 pub mod ids;

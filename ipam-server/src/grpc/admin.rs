@@ -340,6 +340,7 @@ impl AdminService for AdminGrpc {
                     code: "NotFound".to_owned(),
                     message: format!("lease {id} is not live (never bound, or already released)"),
                     exhausted: None,
+                    register_again: None,
                 })
             })?;
         let write = Write {

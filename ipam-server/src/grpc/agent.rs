@@ -253,6 +253,7 @@ impl AgentService for AgentGrpc {
                     heartbeat_ttl_ms: state.settings.heartbeat_ttl_ms,
                     ip_cooldown_ms: state.settings.ip_cooldown_ms,
                     branch_cooldown_ms: state.settings.branch_cooldown_ms,
+                    cluster_tag: state.settings.token_prefix.clone(),
                 })
             })
             .await?;
@@ -408,6 +409,7 @@ impl AgentService for AgentGrpc {
                         req.intent_token, split.eni
                     ),
                     exhausted: None,
+                    register_again: None,
                 }));
             }
             Some(pending) => split.still_pending(|ip| pending.contains(ip)),
@@ -632,6 +634,7 @@ impl AgentService for AgentGrpc {
                         holder.0, holder.1, attachment.0, attachment.1
                     ),
                     exhausted: None,
+                    register_again: None,
                 }));
             }
         }

@@ -13,6 +13,10 @@ use crate::replica::ReplicaError;
 /// The metadata key that says what ran out in a `ResourceExhausted` answer.
 pub const EXHAUSTED_METADATA: &str = "ipam-exhausted";
 
+/// The metadata key that tells an agent to register again (its epoch is stale, its node expired
+/// or is unknown), and why: `stale-epoch`, `node-expired`, `node-unknown`.
+pub const REGISTER_METADATA: &str = "ipam-register";
+
 /// The gRPC status of a replica error.
 pub fn replica_status(error: ReplicaError) -> Status {
     match error {
@@ -45,6 +49,9 @@ pub fn refusal_status(refusal: Refusal) -> Status {
     let mut status = Status::new(code, refusal.message);
     if let Some(value) = refusal.exhausted.and_then(|e| MetadataValue::try_from(e).ok()) {
         status.metadata_mut().insert(EXHAUSTED_METADATA, value);
+    }
+    if let Some(value) = refusal.register_again.and_then(|e| MetadataValue::try_from(e).ok()) {
+        status.metadata_mut().insert(REGISTER_METADATA, value);
     }
     status
 }
@@ -92,11 +99,28 @@ mod tests {
             given: 1,
             current: 2,
         };
-        assert_eq!(refusal_status(Refusal::from(&stale)).code(), Code::FailedPrecondition);
+        let status = refusal_status(Refusal::from(&stale));
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        assert_eq!(
+            status.metadata().get(REGISTER_METADATA).map(|v| v.to_str().ok()),
+            Some(Some("stale-epoch"))
+        );
+        let gone = refusal_status(Refusal::from(&DomainError::NodeNotFound { node: "n".to_owned() }));
+        assert_eq!(gone.code(), Code::NotFound);
+        assert_eq!(
+            gone.metadata().get(REGISTER_METADATA).map(|v| v.to_str().ok()),
+            Some(Some("node-unknown"))
+        );
+        let no_eni = refusal_status(Refusal::from(&DomainError::EniNotFound {
+            node: "n".to_owned(),
+            eni: 3,
+        }));
+        assert!(no_eni.metadata().get(REGISTER_METADATA).is_none());
         let unknown = Refusal {
             code: "SomethingNew".to_owned(),
             message: "m".to_owned(),
             exhausted: None,
+            register_again: None,
         };
         assert_eq!(refusal_status(unknown).code(), Code::Unknown);
     }

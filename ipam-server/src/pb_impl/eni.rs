@@ -17,6 +17,7 @@ use ipam_core::cidr::Ipv4Cidr;
 use ipam_core::command::AgentRef;
 use ipam_core::command::EniRequest;
 use ipam_core::decide::EniPlan;
+use ipam_core::eni_tags::EniTagging;
 use ipam_core::ids::EniRef;
 use ipam_core::ids::RequestId;
 use ipam_core::state::Eni;
@@ -31,23 +32,13 @@ use super::error::Result;
 use super::field;
 use super::node::agent_ref;
 
-/// Tag key: who manages the ENI (value [`MANAGED_BY`]).
-pub const TAG_MANAGED_BY: &str = "ipam/managed-by";
-/// Tag value of [`TAG_MANAGED_BY`].
-pub const MANAGED_BY: &str = "ipam-server";
-/// Tag key: the cluster, named by its settings' `token_prefix` (unique per cluster).
-pub const TAG_CLUSTER: &str = "ipam/cluster";
-/// Tag key: the Kubernetes node the ENI was planned for.
-pub const TAG_NODE: &str = "ipam/node";
-/// Tag key: the EC2 instance the ENI was planned for.
-pub const TAG_INSTANCE_ID: &str = "ipam/instance-id";
-/// Tag key: the server's handle of the ENI (`eni_ref`).
-pub const TAG_ENI_REF: &str = "ipam/eni-ref";
-/// Tag key: the ENI's intent token (its `CreateNetworkInterface` ClientToken).
-pub const TAG_INTENT_TOKEN: &str = "ipam/intent-token";
-
-/// EC2's longest ENI description.
-const MAX_DESCRIPTION: usize = 255;
+pub use ipam_core::eni_tags::CLUSTER as TAG_CLUSTER;
+pub use ipam_core::eni_tags::ENI_REF as TAG_ENI_REF;
+pub use ipam_core::eni_tags::INSTANCE_ID as TAG_INSTANCE_ID;
+pub use ipam_core::eni_tags::INTENT_TOKEN as TAG_INTENT_TOKEN;
+pub use ipam_core::eni_tags::MANAGED_BY;
+pub use ipam_core::eni_tags::MANAGED_BY_KEY as TAG_MANAGED_BY;
+pub use ipam_core::eni_tags::NODE as TAG_NODE;
 
 /// The protobuf kind of a domain ENI kind.
 pub fn eni_kind_to_pb(kind: &EniKind) -> pb::EniKind {
@@ -141,37 +132,33 @@ pub struct PlanContext<'a> {
     pub subnet_cidr: Ipv4Cidr,
 }
 
+fn tagging<'a>(plan: &'a EniPlan, ctx: &PlanContext<'a>) -> EniTagging<'a> {
+    EniTagging {
+        cluster: ctx.cluster,
+        node: ctx.node,
+        instance_id: ctx.instance_id,
+        eni_ref: plan.eni,
+        token: &plan.token,
+        kind: match plan.kind {
+            EniKind::Secondary => "secondary",
+            EniKind::Trunk => "trunk",
+            EniKind::Branch { .. } => "branch",
+        },
+    }
+}
+
 /// The tags an ENI of `plan` must carry at creation, verbatim.
 pub fn plan_tags(plan: &EniPlan, ctx: &PlanContext<'_>) -> HashMap<String, String> {
-    [
-        (TAG_MANAGED_BY, MANAGED_BY.to_owned()),
-        (TAG_CLUSTER, ctx.cluster.to_owned()),
-        (TAG_NODE, ctx.node.to_owned()),
-        (TAG_INSTANCE_ID, ctx.instance_id.to_owned()),
-        (TAG_ENI_REF, plan.eni.to_string()),
-        (TAG_INTENT_TOKEN, plan.token.clone()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect()
+    tagging(plan, ctx)
+        .tags()
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
 }
 
 /// The description an ENI of `plan` gets at creation (at most EC2's 255 characters).
 pub fn plan_description(plan: &EniPlan, ctx: &PlanContext<'_>) -> String {
-    let kind = match plan.kind {
-        EniKind::Secondary => "secondary",
-        EniKind::Trunk => "trunk",
-        EniKind::Branch { .. } => "branch",
-    };
-    let mut text = format!("{MANAGED_BY} {kind} ENI {} of node {}", plan.token, ctx.node);
-    if text.len() > MAX_DESCRIPTION {
-        let mut end = MAX_DESCRIPTION;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-    }
-    text
+    tagging(plan, ctx).description()
 }
 
 fn gateway(cidr: Ipv4Cidr) -> String {
@@ -629,7 +616,10 @@ mod tests {
             node: &"n".repeat(300),
             ..ctx()
         };
-        assert_eq!(plan_description(&plan(EniKind::Trunk), &long).len(), MAX_DESCRIPTION);
+        assert_eq!(
+            plan_description(&plan(EniKind::Trunk), &long).len(),
+            ipam_core::eni_tags::MAX_DESCRIPTION
+        );
     }
 
     #[test]

@@ -84,6 +84,10 @@ pub struct Refusal {
     /// For `ResourceExhausted`: what ran out (see [`DomainError::exhausted`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exhausted: Option<String>,
+    /// For a refusal an agent answers by registering again (stale epoch, expired or unknown
+    /// node): why (see [`DomainError::register_again`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub register_again: Option<String>,
 }
 
 impl From<&DomainError> for Refusal {
@@ -92,6 +96,7 @@ impl From<&DomainError> for Refusal {
             code: format!("{:?}", error.code()),
             message: error.to_string(),
             exhausted: error.exhausted().map(str::to_owned),
+            register_again: error.register_again().map(str::to_owned),
         }
     }
 }

@@ -468,7 +468,7 @@ mod tests {
             tags.push(Tag::new(tags::INTENT, token));
             ec2.create_network_interface(&CreateEni {
                 subnet_id: "subnet-1".to_owned(),
-                description: format!("ipam-eks-{token}"),
+                description: format!("{}{token}", crate::ec2::DESCRIPTION_PREFIX),
                 security_groups: Vec::new(),
                 primary_ip: Ipv4Addr::new(10, 0, 0, last),
                 secondary_ips: Vec::new(),

@@ -36,18 +36,19 @@ impl Tag {
     }
 }
 
-/// The tag keys the agent puts on every ENI it creates; leak reconciliation finds ENIs by them.
+/// The tag keys every managed ENI carries (the server hands out the values with each plan);
+/// crash recovery finds the node's ENIs by them. Defined once, in `ipam_core::eni_tags`.
 pub mod tags {
-    /// The cluster the ENI belongs to.
-    pub const CLUSTER: &str = "ipam.eks.aws/cluster";
-    /// The node (Kubernetes node name) the ENI was created for.
-    pub const NODE: &str = "ipam.eks.aws/node";
+    /// The cluster the ENI belongs to (the server's token prefix).
+    pub use ipam_core::eni_tags::CLUSTER;
     /// The intent token (also the ClientToken) the ENI was created under.
-    pub const INTENT: &str = "ipam.eks.aws/intent";
+    pub use ipam_core::eni_tags::INTENT_TOKEN as INTENT;
+    /// The node (Kubernetes node name) the ENI was created for.
+    pub use ipam_core::eni_tags::NODE;
 }
 
-/// The description prefix of every ENI the agent creates (the VPC CNI uses "aws-K8S-").
-pub const DESCRIPTION_PREFIX: &str = "ipam-eks-";
+/// The first word of every managed ENI's description (the VPC CNI uses "aws-K8S-").
+pub const DESCRIPTION_PREFIX: &str = ipam_core::eni_tags::MANAGED_BY;
 
 /// What kind of ENI to create.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -1,4 +1,4 @@
-//! Calling an ipam-server cluster: find the leader by following `ipam-leader` hints, retry what
+//! ipam-client: calling an ipam-server cluster. Find the leader by following `ipam-leader` hints, retry what
 //! may be retried, give up after a bounded number of attempts.
 //!
 //! ```text
@@ -150,6 +150,15 @@ pub fn outcome_is_unknown(code: Code) -> bool {
 /// The value of the `ipam-leader` metadata of a status, if any.
 pub fn leader_hint(status: &Status) -> Option<&str> {
     status.metadata().get(LEADER_METADATA).and_then(|v| v.to_str().ok())
+}
+
+/// The response metadata key that tells an agent to register again, and why (`stale-epoch`,
+/// `node-expired`, `node-unknown`).
+pub const REGISTER_METADATA: &str = "ipam-register";
+
+/// The value of the `ipam-register` metadata of a status, if any: the agent must register again.
+pub fn register_again(status: &Status) -> Option<&str> {
+    status.metadata().get(REGISTER_METADATA).and_then(|v| v.to_str().ok())
 }
 
 /// The value of the `ipam-exhausted` metadata of a status, if any.
