@@ -1,0 +1,442 @@
+//! The agent's life: register, reconcile, serve, and keep it all true.
+//!
+//! ```text
+//!   start ─▶ register (new epoch, fences older instances) ─▶ SNAT ─▶ first pool step, which
+//!            resolves what a crash left in flight (EC2 ↔ server) and makes the host's ENI
+//!            tables and pod rules match the server's leases ─▶ orphans released (pods that no
+//!            longer exist, when the pod list is known) ─▶ CNI socket served
+//!   tasks:   heartbeat every ttl/3 (fenced → register again)
+//!            pool step every `pool_interval`, or at once when an ADD found no warm address
+//! ```
+//!
+//! A restart changes nothing that is right: registering again only bumps the epoch, the step
+//! finds every ENI and rule already in place, and no lease is released for a pod that still runs.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipam_proto::ipam::v1 as pb;
+use tokio::sync::Notify;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::cni_backend;
+use crate::cni_backend::Backend;
+use crate::cni_backend::CniConfig;
+use crate::cni_backend::PodDirectory;
+use crate::cni_backend::Readiness;
+use crate::ec2::Ec2;
+use crate::executor::Executor;
+use crate::executor::ExecutorConfig;
+use crate::executor::now_ms;
+use crate::host::Host;
+use crate::host::SnatConfig;
+use crate::ipam_client::IpamClient;
+use crate::ipam_client::IpamError;
+use crate::metrics::Metrics;
+
+/// Everything an agent runs with.
+#[derive(Debug)]
+pub struct AgentSpec {
+    /// The IPAM server, for this node.
+    pub ipam: Arc<IpamClient>,
+    /// EC2.
+    pub ec2: Arc<dyn Ec2>,
+    /// The host's networking.
+    pub host: Arc<dyn Host>,
+    /// Pods as Kubernetes (or local files) sees them.
+    pub pods: Arc<dyn PodDirectory>,
+    /// What to register with (node, request id and epoch are filled in).
+    pub registration: pb::RegisterNodeRequest,
+    /// The executor's settings; the scope's cluster is the server's (learnt at registration).
+    pub executor: ExecutorConfig,
+    /// SNAT for pod traffic leaving the VPC.
+    pub snat: SnatConfig,
+    /// The CNI backend's settings.
+    pub cni: CniConfig,
+    /// The CNI socket and its permission bits.
+    pub socket: PathBuf,
+    /// The socket's mode (0600 by default).
+    pub socket_mode: u32,
+    /// How often the pool is stepped without a reason.
+    pub pool_interval: Duration,
+    /// Leases younger than this are never released as orphans (an ADD may be racing the pod
+    /// watcher).
+    pub orphan_grace: Duration,
+    /// Where the pool's gauges and the CNI counters go.
+    pub metrics: Option<Metrics>,
+}
+
+/// A running agent.
+#[derive(Debug)]
+pub struct RunningAgent {
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    readiness: watch::Receiver<Readiness>,
+    /// The registration's answer.
+    pub registered: pb::RegisterNodeResponse,
+    /// What the first step (the start's reconcile) did.
+    pub first_step: crate::executor::StepReport,
+    /// Leases released at start because their pods no longer exist.
+    pub orphans_released: u32,
+}
+
+impl RunningAgent {
+    /// Whether the agent takes ADDs now, and why not.
+    pub fn readiness(&self) -> Readiness {
+        self.readiness.borrow().clone()
+    }
+
+    /// Stops every task and closes the socket; leases, ENIs and rules stay (a restart resumes).
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Registration failed.
+    #[error("registering the node: {0}")]
+    Register(IpamError),
+    /// SNAT could not be configured.
+    #[error("configuring SNAT: {0}")]
+    Snat(crate::host::HostError),
+    /// The first reconcile failed.
+    #[error("reconciling at start: {0}")]
+    Reconcile(crate::executor::ExecError),
+}
+
+/// Registers with retries (the server may be electing), bounded by `deadline`.
+async fn register(
+    ipam: &IpamClient,
+    request: &pb::RegisterNodeRequest,
+    deadline: Duration,
+) -> Result<pb::RegisterNodeResponse, IpamError> {
+    let started = tokio::time::Instant::now();
+    let mut wait = Duration::from_millis(200);
+    loop {
+        match ipam.register(request.clone()).await {
+            Ok(response) => return Ok(response),
+            Err(error) if error.outcome_unknown() && started.elapsed() + wait < deadline => {
+                tracing::warn!(%error, "registration failed; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+/// Starts the agent: registers, reconciles, serves the CNI socket and spawns its loops.
+///
+/// # Errors
+///
+/// Registration, SNAT or the first reconcile failed; nothing is served then.
+pub async fn start(mut spec: AgentSpec) -> Result<RunningAgent, StartError> {
+    let registered = register(&spec.ipam, &spec.registration, Duration::from_secs(60))
+        .await
+        .map_err(StartError::Register)?;
+    tracing::info!(node = %spec.ipam.node(), epoch = registered.epoch, "registered");
+    if !registered.cluster_tag.is_empty() {
+        spec.executor.scope.cluster = registered.cluster_tag.clone();
+    }
+    spec.host.configure_snat(&spec.snat).await.map_err(StartError::Snat)?;
+
+    let host_lock = Arc::new(tokio::sync::Mutex::new(()));
+    let executor = Arc::new(Executor::new(
+        spec.ipam.clone(),
+        spec.ec2.clone(),
+        spec.host.clone(),
+        spec.executor.clone(),
+        host_lock.clone(),
+    ));
+    let first_step = executor.step().await.map_err(StartError::Reconcile)?;
+    tracing::info!(?first_step, "reconciled at start");
+    let orphans_released = release_orphans(&spec, &host_lock).await.unwrap_or_else(|error| {
+        tracing::warn!(%error, "could not release the leases of vanished pods");
+        0
+    });
+
+    let (stop, stopped) = watch::channel(false);
+    let (ready_tx, readiness) = watch::channel(Readiness::not_ready("starting"));
+    let pool_kick = Arc::new(Notify::new());
+    let register_kick = Arc::new(Notify::new());
+    let health = Arc::new(Health::default());
+    health.set_registered(true);
+    let observer = Observer {
+        ipam: spec.ipam.clone(),
+        metrics: spec.metrics.clone(),
+        max_enis: u64::from(spec.executor.limits.max_enis),
+    };
+    health.set_pool(observer.observe().await);
+    let _ = ready_tx.send(health.readiness());
+
+    let mut backend = Backend::new(
+        spec.ipam.clone(),
+        spec.host.clone(),
+        host_lock,
+        spec.pods.clone(),
+        pool_kick.clone(),
+        register_kick.clone(),
+        readiness.clone(),
+        spec.cni.clone(),
+    );
+    if let Some(metrics) = &spec.metrics {
+        backend = backend.with_metrics(metrics.clone());
+    }
+    let mut tasks = Vec::new();
+    let socket = spec.socket.clone();
+    let mode = spec.socket_mode;
+    let mut until = stopped.clone();
+    tasks.push(tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = until.wait_for(|s| *s).await;
+        };
+        if let Err(error) = cni_backend::serve(backend, &socket, mode, shutdown).await {
+            tracing::error!(%error, "the CNI socket failed");
+        }
+    }));
+    tasks.push(tokio::spawn(heartbeat_loop(
+        spec.ipam.clone(),
+        spec.registration.clone(),
+        registered.heartbeat_ttl_ms,
+        register_kick,
+        pool_kick.clone(),
+        health.clone(),
+        ready_tx.clone(),
+        stopped.clone(),
+    )));
+    tasks.push(tokio::spawn(pool_loop(
+        executor,
+        observer,
+        spec.pool_interval,
+        pool_kick,
+        health,
+        ready_tx,
+        stopped,
+    )));
+    Ok(RunningAgent {
+        stop,
+        tasks,
+        readiness,
+        registered,
+        first_step,
+        orphans_released,
+    })
+}
+
+/// What the loops last saw, combined into the CNI STATUS answer.
+#[derive(Debug, Default)]
+struct Health {
+    inner: std::sync::Mutex<(bool, bool)>,
+}
+
+impl Health {
+    fn set_registered(&self, ok: bool) {
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner).0 = ok;
+    }
+
+    fn set_pool(&self, ok: bool) {
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner).1 = ok;
+    }
+
+    fn readiness(&self) -> Readiness {
+        let (registered, pool) = *self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !registered {
+            Readiness::not_ready("not registered with the IPAM server (or its heartbeat fails)")
+        } else if !pool {
+            Readiness::not_ready("no ENI with pod addresses is attached yet")
+        } else {
+            Readiness::ready()
+        }
+    }
+}
+
+/// Reads the server's view of the node after each step: the pool's gauges, and whether the node
+/// has an attached secondary ENI (addresses for pods, now or after cooling).
+#[derive(Debug)]
+struct Observer {
+    ipam: Arc<IpamClient>,
+    metrics: Option<Metrics>,
+    max_enis: u64,
+}
+
+impl Observer {
+    async fn observe(&self) -> bool {
+        let Ok(view) = self.ipam.get_node().await else {
+            return false;
+        };
+        let attached: Vec<&pb::Eni> = view
+            .enis
+            .iter()
+            .filter(|e| e.kind() != pb::EniKind::Branch && e.state() == pb::EniState::Attached)
+            .collect();
+        if let Some(metrics) = &self.metrics {
+            let pod_addresses = |e: &&pb::Eni| {
+                e.addresses
+                    .iter()
+                    .filter(|a| {
+                        matches!(
+                            a.state(),
+                            pb::AddressState::Warm | pb::AddressState::Bound | pb::AddressState::Cooling
+                        )
+                    })
+                    .count() as u64
+            };
+            let bound = |e: &&pb::Eni| {
+                e.addresses
+                    .iter()
+                    .filter(|a| a.state() == pb::AddressState::Bound)
+                    .count() as u64
+            };
+            // The primary ENI counts, as in the VPC CNI.
+            metrics.set_enis(attached.len() as u64 + 1, self.max_enis);
+            metrics.set_addresses(
+                attached.iter().map(pod_addresses).sum(),
+                attached.iter().map(bound).sum(),
+            );
+            for eni in &attached {
+                metrics.set_eni_assigned(&eni.eni_id, bound(eni));
+            }
+        }
+        attached.iter().any(|e| e.kind() == pb::EniKind::Secondary)
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn heartbeat_loop(
+    ipam: Arc<IpamClient>,
+    registration: pb::RegisterNodeRequest,
+    ttl_ms: u64,
+    register_kick: Arc<Notify>,
+    pool_kick: Arc<Notify>,
+    health: Arc<Health>,
+    ready: watch::Sender<Readiness>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let every = Duration::from_millis((ttl_ms / 3).max(100));
+    let mut again = false;
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            () = tokio::time::sleep(every) => {}
+            () = register_kick.notified() => again = true,
+        }
+        if !again {
+            match ipam.heartbeat().await {
+                Ok(_) => health.set_registered(true),
+                Err(IpamError::RegisterAgain { why, .. }) => {
+                    tracing::warn!(%why, "the server fenced this agent; registering again");
+                    again = true;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "heartbeat failed");
+                    health.set_registered(false);
+                }
+            }
+        }
+        if again {
+            match register(&ipam, &registration, Duration::from_secs(10)).await {
+                Ok(response) => {
+                    tracing::info!(epoch = response.epoch, "registered again");
+                    again = false;
+                    health.set_registered(true);
+                    pool_kick.notify_one();
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "registering again failed");
+                    health.set_registered(false);
+                }
+            }
+        }
+        let _ = ready.send(health.readiness());
+    }
+}
+
+async fn pool_loop(
+    executor: Arc<Executor>,
+    observer: Observer,
+    interval: Duration,
+    kick: Arc<Notify>,
+    health: Arc<Health>,
+    ready: watch::Sender<Readiness>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut failures = 0u32;
+    loop {
+        let wait = if failures == 0 {
+            interval
+        } else {
+            (interval * failures.min(6)).min(Duration::from_secs(60))
+        };
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            () = tokio::time::sleep(wait) => {}
+            () = kick.notified() => {}
+        }
+        match executor.step().await {
+            Ok(report) => {
+                failures = 0;
+                if !report.actions.is_empty() || report.resolved > 0 || report.host_fixes > 0 {
+                    tracing::info!(?report, "pool step");
+                }
+                // More may be needed at once (one new ENI per step).
+                if !report.actions.is_empty() {
+                    kick.notify_one();
+                }
+            }
+            Err(error) => {
+                failures += 1;
+                tracing::warn!(%error, failures, "pool step failed");
+            }
+        }
+        health.set_pool(observer.observe().await);
+        let _ = ready.send(health.readiness());
+    }
+}
+
+/// Releases the bound leases of pods that no longer exist (when the pod list is known), older
+/// than the grace period. Returns how many.
+async fn release_orphans(spec: &AgentSpec, host_lock: &tokio::sync::Mutex<()>) -> Result<u32, IpamError> {
+    if !spec.pods.knows_pods() {
+        return Ok(0);
+    }
+    let view = spec.ipam.get_node().await?;
+    let grace = i64::try_from(spec.orphan_grace.as_millis()).unwrap_or(i64::MAX);
+    let cutoff = now_ms().saturating_sub(grace);
+    let mut released = 0;
+    for lease in view.leases.iter().filter(|l| l.state() == pb::LeaseState::Bound) {
+        let Some(owner) = lease.owner.as_ref() else { continue };
+        let Some(pod) = owner.pod.as_ref() else { continue };
+        if lease.bound_at_unix_ms > cutoff {
+            continue;
+        }
+        let present = spec
+            .pods
+            .pod(&pod.namespace, &pod.name)
+            .is_some_and(|meta| pod.uid.is_empty() || meta.uid.is_empty() || meta.uid == pod.uid);
+        if present {
+            continue;
+        }
+        let _guard = host_lock.lock().await;
+        let answer = spec
+            .ipam
+            .release(lease.lease_id, owner.attachment.clone(), pb::ReleaseReason::Reconcile)
+            .await?;
+        if answer.released {
+            if let Ok(ip) = lease.ip.parse()
+                && let Err(error) = spec.host.del_pod_rules(ip).await
+            {
+                tracing::warn!(%error, %ip, "removing an orphan's rules");
+            }
+            tracing::info!(pod = %format!("{}/{}", pod.namespace, pod.name), ip = %lease.ip, "released the lease of a pod that no longer exists");
+            released += 1;
+        }
+    }
+    Ok(released)
+}
