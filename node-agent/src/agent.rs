@@ -78,6 +78,9 @@ pub struct RunningAgent {
     pub registered: pb::RegisterNodeResponse,
     /// What the first step (the start's reconcile) did.
     pub first_step: crate::executor::StepReport,
+    /// Why the first step failed, if it did (the agent serves anyway; the pool retries).
+    pub first_step_error: Option<String>,
+    fatal: watch::Receiver<Option<String>>,
     /// Leases released at start because their pods no longer exist.
     pub orphans_released: u32,
 }
@@ -86,6 +89,15 @@ impl RunningAgent {
     /// Whether the agent takes ADDs now, and why not.
     pub fn readiness(&self) -> Readiness {
         self.readiness.borrow().clone()
+    }
+
+    /// Waits until the agent cannot go on (another instance of it registered the node); why.
+    pub async fn fatal(&self) -> String {
+        let mut fatal = self.fatal.clone();
+        match fatal.wait_for(Option::is_some).await {
+            Ok(reason) => reason.clone().unwrap_or_default(),
+            Err(_) => std::future::pending().await,
+        }
     }
 
     /// Stops every task and closes the socket; leases, ENIs and rules stay (a restart resumes).
@@ -106,9 +118,9 @@ pub enum StartError {
     /// SNAT could not be configured.
     #[error("configuring SNAT: {0}")]
     Snat(crate::host::HostError),
-    /// The first reconcile failed.
-    #[error("reconciling at start: {0}")]
-    Reconcile(crate::executor::ExecError),
+    /// The CNI socket could not be bound.
+    #[error("the CNI socket: {0}")]
+    Socket(anyhow::Error),
 }
 
 /// Registers with retries (the server may be electing), bounded by `deadline`.
@@ -138,6 +150,8 @@ async fn register(
 ///
 /// Registration, SNAT or the first reconcile failed; nothing is served then.
 pub async fn start(mut spec: AgentSpec) -> Result<RunningAgent, StartError> {
+    adopt_recorded_limits(&mut spec).await;
+    let socket = cni_backend::bind(&spec.socket, spec.socket_mode).map_err(StartError::Socket)?;
     let registered = register(&spec.ipam, &spec.registration, Duration::from_secs(60))
         .await
         .map_err(StartError::Register)?;
@@ -155,8 +169,16 @@ pub async fn start(mut spec: AgentSpec) -> Result<RunningAgent, StartError> {
         spec.executor.clone(),
         host_lock.clone(),
     ));
-    let first_step = executor.step().await.map_err(StartError::Reconcile)?;
-    tracing::info!(?first_step, "reconciled at start");
+    let (first_step, first_step_error) = match executor.step().await {
+        Ok(report) => {
+            tracing::info!(?report, "reconciled at start");
+            (report, None)
+        }
+        Err(error) => {
+            tracing::warn!(%error, "the reconcile at start did not finish; serving anyway, the pool retries");
+            (crate::executor::StepReport::default(), Some(error.to_string()))
+        }
+    };
     let orphans_released = release_orphans(&spec, &host_lock).await.unwrap_or_else(|error| {
         tracing::warn!(%error, "could not release the leases of vanished pods");
         0
@@ -166,6 +188,7 @@ pub async fn start(mut spec: AgentSpec) -> Result<RunningAgent, StartError> {
     let (ready_tx, readiness) = watch::channel(Readiness::not_ready("starting"));
     let pool_kick = Arc::new(Notify::new());
     let register_kick = Arc::new(Notify::new());
+    let (fatal_tx, fatal) = watch::channel(None);
     let health = Arc::new(Health::default());
     health.set_registered(true);
     let observer = Observer {
@@ -190,14 +213,12 @@ pub async fn start(mut spec: AgentSpec) -> Result<RunningAgent, StartError> {
         backend = backend.with_metrics(metrics.clone());
     }
     let mut tasks = Vec::new();
-    let socket = spec.socket.clone();
-    let mode = spec.socket_mode;
     let mut until = stopped.clone();
     tasks.push(tokio::spawn(async move {
         let shutdown = async move {
             let _ = until.wait_for(|s| *s).await;
         };
-        if let Err(error) = cni_backend::serve(backend, &socket, mode, shutdown).await {
+        if let Err(error) = cni_backend::serve(backend, socket, shutdown).await {
             tracing::error!(%error, "the CNI socket failed");
         }
     }));
@@ -205,10 +226,11 @@ pub async fn start(mut spec: AgentSpec) -> Result<RunningAgent, StartError> {
         spec.ipam.clone(),
         spec.registration.clone(),
         registered.heartbeat_ttl_ms,
-        register_kick,
+        register_kick.clone(),
         pool_kick.clone(),
         health.clone(),
         ready_tx.clone(),
+        fatal_tx,
         stopped.clone(),
     )));
     tasks.push(tokio::spawn(pool_loop(
@@ -216,6 +238,7 @@ pub async fn start(mut spec: AgentSpec) -> Result<RunningAgent, StartError> {
         observer,
         spec.pool_interval,
         pool_kick,
+        register_kick,
         health,
         ready_tx,
         stopped,
@@ -226,8 +249,46 @@ pub async fn start(mut spec: AgentSpec) -> Result<RunningAgent, StartError> {
         readiness,
         registered,
         first_step,
+        first_step_error,
+        fatal,
         orphans_released,
     })
+}
+
+/// When the server already holds this node under the same instance and type, registers with the
+/// limits it holds: a restart that learnt other limits (EC2's answer vs. the built-in table) must
+/// not look like another machine, which would make the server forget the node's ENIs and leases.
+async fn adopt_recorded_limits(spec: &mut AgentSpec) {
+    let Ok(view) = spec.ipam.get_node().await else {
+        return;
+    };
+    let Some(node) = view.node else { return };
+    let Some(recorded) = node.limits else { return };
+    if node.instance_id != spec.registration.instance_id
+        || node.instance_type != spec.registration.instance_type
+        || spec.registration.limits.as_ref() == Some(&recorded)
+    {
+        return;
+    }
+    let (Ok(max_enis), Ok(ipv4_per_eni), Ok(branch_enis)) = (
+        u8::try_from(recorded.max_enis),
+        u16::try_from(recorded.ipv4_per_eni),
+        u16::try_from(recorded.branch_enis),
+    ) else {
+        return;
+    };
+    tracing::warn!(
+        learnt = ?spec.registration.limits,
+        ?recorded,
+        "the instance limits learnt now differ from those the cluster holds for this instance; keeping the cluster's"
+    );
+    spec.executor.limits = ipam_core::limits::InstanceLimits {
+        max_enis,
+        ipv4_per_eni,
+        branch_enis,
+        trunking: recorded.trunking,
+    };
+    spec.registration.limits = Some(recorded);
 }
 
 /// What the loops last saw, combined into the CNI STATUS answer.
@@ -317,21 +378,33 @@ async fn heartbeat_loop(
     pool_kick: Arc<Notify>,
     health: Arc<Health>,
     ready: watch::Sender<Readiness>,
+    fatal: watch::Sender<Option<String>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let every = Duration::from_millis((ttl_ms / 3).max(100));
     let mut again = false;
     loop {
+        // A kick (a call met a fence) only brings the heartbeat forward: its answer says whether
+        // to register again, so a burst of fenced calls cannot become a burst of registrations.
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
             () = tokio::time::sleep(every) => {}
-            () = register_kick.notified() => again = true,
+            () = register_kick.notified() => {}
         }
         if !again {
             match ipam.heartbeat().await {
                 Ok(_) => health.set_registered(true),
+                Err(IpamError::RegisterAgain { why, message }) if why == "stale-epoch" => {
+                    // Another instance of this agent registered the node after this one: two
+                    // agents must never run one node's pool; this one stops.
+                    tracing::error!(%message, "another agent instance registered this node; stopping");
+                    health.set_registered(false);
+                    let _ = ready.send(health.readiness());
+                    let _ = fatal.send(Some(format!("another agent instance registered this node: {message}")));
+                    return;
+                }
                 Err(IpamError::RegisterAgain { why, .. }) => {
-                    tracing::warn!(%why, "the server fenced this agent; registering again");
+                    tracing::warn!(%why, "the node must register again");
                     again = true;
                 }
                 Err(error) => {
@@ -358,11 +431,13 @@ async fn heartbeat_loop(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn pool_loop(
     executor: Arc<Executor>,
     observer: Observer,
     interval: Duration,
     kick: Arc<Notify>,
+    register_kick: Arc<Notify>,
     health: Arc<Health>,
     ready: watch::Sender<Readiness>,
     mut stop: watch::Receiver<bool>,
@@ -393,6 +468,9 @@ async fn pool_loop(
             Err(error) => {
                 failures += 1;
                 tracing::warn!(%error, failures, "pool step failed");
+                if matches!(error, crate::executor::ExecError::Ipam(IpamError::RegisterAgain { .. })) {
+                    register_kick.notify_one();
+                }
             }
         }
         health.set_pool(observer.observe().await);

@@ -196,11 +196,17 @@ impl Backend {
                 Status::unavailable("the agent is not registered with the IPAM server yet; try again")
             }
             IpamError::Status(status) => {
+                // Only what may pass is "try again"; a refusal stays a refusal (a plugin retrying a
+                // permanent error forever helps nobody).
                 let code = match status.code() {
                     tonic::Code::InvalidArgument => tonic::Code::InvalidArgument,
-                    tonic::Code::FailedPrecondition | tonic::Code::NotFound => tonic::Code::FailedPrecondition,
                     tonic::Code::ResourceExhausted => tonic::Code::ResourceExhausted,
-                    _ => tonic::Code::Unavailable,
+                    tonic::Code::Unavailable
+                    | tonic::Code::DeadlineExceeded
+                    | tonic::Code::Cancelled
+                    | tonic::Code::Unknown
+                    | tonic::Code::Aborted => tonic::Code::Unavailable,
+                    _ => tonic::Code::FailedPrecondition,
                 };
                 Status::new(code, format!("IPAM server: {}", status.message()))
             }
@@ -443,29 +449,33 @@ impl CniBackend for Backend {
     }
 }
 
-/// A bound unix socket, removed when dropped.
+/// The agent's bound socket: removed when dropped, but only if the path is still the socket this
+/// agent bound (a newer agent may have replaced it).
 #[derive(Debug)]
-pub struct SocketPath(PathBuf);
+pub struct BoundSocket {
+    listener: Option<tokio::net::UnixListener>,
+    path: PathBuf,
+    identity: (u64, u64),
+}
 
-impl Drop for SocketPath {
+impl Drop for BoundSocket {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        use std::os::unix::fs::MetadataExt;
+        if std::fs::symlink_metadata(&self.path).is_ok_and(|m| (m.dev(), m.ino()) == self.identity) {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
-/// Binds the socket at `path` with permission bits `mode` (replacing a stale socket file of an
-/// earlier agent), and serves `backend` on it until `shutdown` completes.
+/// Binds the socket at `path` with permission bits `mode`, replacing a stale socket file of an
+/// earlier agent.
 ///
 /// # Errors
 ///
 /// The directory or the socket cannot be made, or the path holds something else than a socket.
-pub async fn serve(
-    backend: Backend,
-    path: &Path,
-    mode: u32,
-    shutdown: impl std::future::Future<Output = ()> + Send,
-) -> anyhow::Result<()> {
+pub fn bind(path: &Path, mode: u32) -> anyhow::Result<BoundSocket> {
     use std::os::unix::fs::FileTypeExt;
+    use std::os::unix::fs::MetadataExt;
     use std::os::unix::fs::PermissionsExt;
 
     if let Some(dir) = path.parent() {
@@ -478,13 +488,36 @@ pub async fn serve(
     }
     let listener =
         tokio::net::UnixListener::bind(path).map_err(|e| anyhow::anyhow!("binding {}: {e}", path.display()))?;
-    let _remove = SocketPath(path.to_owned());
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
-    tracing::info!(path = %path.display(), mode = format!("{mode:o}"), "serving the CNI plugin");
+    let meta = std::fs::symlink_metadata(path)?;
+    Ok(BoundSocket {
+        listener: Some(listener),
+        path: path.to_owned(),
+        identity: (meta.dev(), meta.ino()),
+    })
+}
+
+/// Serves `backend` on the bound socket until `shutdown` completes; removes the socket then.
+///
+/// # Errors
+///
+/// The server failed.
+pub async fn serve(
+    backend: Backend,
+    socket: BoundSocket,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let mut socket = socket;
+    let listener = socket
+        .listener
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("the socket {} is already served", socket.path.display()))?;
+    tracing::info!(path = %socket.path.display(), "serving the CNI plugin");
     tonic::transport::Server::builder()
         .add_service(CniBackendServer::new(backend))
         .serve_with_incoming_shutdown(tokio_stream::wrappers::UnixListenerStream::new(listener), shutdown)
         .await?;
+    drop(socket);
     Ok(())
 }
 

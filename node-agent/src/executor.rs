@@ -130,6 +130,9 @@ pub struct ExecutorConfig {
     pub poll: Duration,
     /// Retries of a throttled EC2 call (throttled calls were not carried out).
     pub throttle_retries: u32,
+    /// With no plan in flight, EC2 is swept for this node's leaked ENIs every this many steps
+    /// (and at the first).
+    pub sweep_every: u64,
 }
 
 impl ExecutorConfig {
@@ -147,6 +150,7 @@ impl ExecutorConfig {
             ec2_wait: Duration::from_secs(60),
             poll: Duration::from_millis(500),
             throttle_retries: 5,
+            sweep_every: 60,
         }
     }
 }
@@ -176,6 +180,11 @@ pub struct Executor {
     /// Held while the host's pod rules are compared with the server's leases, and by the CNI
     /// backend around a bind + rules or release + rules, so that neither undoes the other.
     host_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Steps taken.
+    steps: std::sync::atomic::AtomicU64,
+    /// Subnet CIDRs by EC2 subnet id: each ENI is routed by its own subnet, which need not be the
+    /// node's current subnet config (an ENIConfig changed since it was made).
+    subnets: std::sync::Mutex<BTreeMap<String, Ipv4Cidr>>,
 }
 
 impl Executor {
@@ -193,6 +202,8 @@ impl Executor {
             host,
             config,
             host_lock,
+            steps: std::sync::atomic::AtomicU64::new(0),
+            subnets: std::sync::Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -288,8 +299,12 @@ impl Executor {
             .iter()
             .filter(|e| e.state() == pb::EniState::Planned && e.kind() != pb::EniKind::Branch)
             .collect();
-        if !planned.is_empty() {
-            resolved += self.resolve_planned_enis(view, &planned).await?;
+        // Plans in flight are resolved at once; with none, EC2 is still swept for leaked ENIs of
+        // this node now and then (at start, then every `sweep_every` steps: a describe per node
+        // per step would spend the cluster's describe budget).
+        let step = self.steps.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if !planned.is_empty() || step.is_multiple_of(self.config.sweep_every.max(1)) {
+            resolved += tolerate(self.resolve_planned_enis(view, &planned).await, "planned ENIs")?;
         }
         for eni in view.enis.iter().filter(|e| e.state() == pb::EniState::Attached) {
             let mut pending: BTreeMap<&str, Vec<Ipv4Addr>> = BTreeMap::new();
@@ -305,18 +320,21 @@ impl Executor {
                 }
             }
             for (token, ips) in pending {
-                self.finish_assign(eni, token, &ips).await?;
-                resolved += 1;
+                resolved += tolerate(
+                    self.finish_assign(eni, token, &ips).await.map(|()| 1),
+                    "pending addresses",
+                )?;
             }
             if !draining.is_empty() {
-                self.finish_unassign(eni, &draining).await?;
-                resolved += 1;
+                resolved += tolerate(
+                    self.finish_unassign(eni, &draining).await.map(|()| 1),
+                    "draining addresses",
+                )?;
             }
         }
         for eni in view.enis.iter().filter(|e| e.state() == pb::EniState::Detaching) {
             if eni.kind() != pb::EniKind::Branch {
-                self.finish_detach(eni, view).await?;
-                resolved += 1;
+                resolved += tolerate(self.finish_detach(eni, view).await.map(|()| 1), "a detaching ENI")?;
             }
         }
         Ok(resolved)
@@ -477,7 +495,7 @@ impl Executor {
                     }
                 }
             }
-            if let Some(link) = eni_link(eni, view)? {
+            if let Some(link) = self.eni_link(eni, view).await? {
                 self.host.remove_eni(&link).await?;
             }
         }
@@ -565,8 +583,11 @@ impl Executor {
             .await
         {
             Ok(created) => created,
-            // Unknown outcome: the next step's intents reconcile finds it (or not) by its tags.
-            Err(error) if error.is_retryable() => return Err(error.into()),
+            // Unknown outcome: the next step's intents reconcile finds it (or not) by its tags. A
+            // mismatch under our own token means an ENI was made under it: the same.
+            Err(error) if error.is_retryable() || error.code == "IdempotentParameterMismatch" => {
+                return Err(error.into());
+            }
             Err(error) => {
                 let mut all = vec![spec.primary_ip];
                 all.extend(&spec.secondary_ips);
@@ -633,6 +654,28 @@ impl Executor {
 
     // ── the host ────────────────────────────────────────────────────────────────────────────
 
+    /// Configures one attached ENI's link and table when they are not as they should be.
+    async fn sync_eni(&self, eni: &pb::Eni, view: &pb::GetNodeResponse) -> Result<bool> {
+        let Some(link) = self.eni_link(eni, view).await? else {
+            return Ok(false);
+        };
+        let state = self.host.eni_state(&link.mac).await?;
+        let configured = state
+            .as_ref()
+            .is_some_and(|s| s.up && s.table == Some(link.table()) && s.gateway == Some(link.gateway));
+        if configured {
+            return Ok(false);
+        }
+        if state.is_none() {
+            // Attached in EC2 but no link: it may still be appearing; not for long.
+            self.host
+                .wait_for_link(&link.mac, self.config.link_timeout.min(Duration::from_secs(5)))
+                .await?;
+        }
+        self.host.configure_eni(&link).await?;
+        Ok(true)
+    }
+
     /// Makes the host match the view: every attached secondary ENI's table, and the pod rules of
     /// exactly the bound leases. Returns how many things it had to fix.
     pub async fn sync_host(&self, view: &pb::GetNodeResponse) -> Result<u32> {
@@ -641,17 +684,13 @@ impl Executor {
             if eni.state() != pb::EniState::Attached || eni.kind() != pb::EniKind::Secondary {
                 continue;
             }
-            let Some(link) = eni_link(eni, view)? else { continue };
-            let state = self.host.eni_state(&link.mac).await?;
-            let configured = state
-                .as_ref()
-                .is_some_and(|s| s.up && s.table == Some(link.table()) && s.gateway == Some(link.gateway));
-            if !configured {
-                if state.is_none() {
-                    self.host.wait_for_link(&link.mac, self.config.link_timeout).await?;
+            // One ENI that cannot be configured (its link gone, its subnet unknown) is logged and
+            // skipped: the other ENIs and the pods' rules below do not wait for it.
+            match self.sync_eni(eni, view).await {
+                Ok(fixed) => fixes += u32::from(fixed),
+                Err(error) => {
+                    tracing::warn!(%error, eni = %eni.eni_id, "the ENI's host configuration could not be checked")
                 }
-                self.host.configure_eni(&link).await?;
-                fixes += 1;
             }
         }
         // Under the lock, with a view read under it: a bind or release in progress finishes
@@ -677,6 +716,55 @@ impl Executor {
             fixes += 1;
         }
         Ok(fixes)
+    }
+
+    /// The subnet of an ENI: the node's subnet config when it is that subnet, else EC2's answer
+    /// (cached).
+    async fn subnet_of(&self, eni: &pb::Eni, view: &pb::GetNodeResponse) -> Result<Ipv4Cidr> {
+        if let Some(config) = view.subnet_config.as_ref().filter(|c| c.subnet_id == eni.subnet_id) {
+            return parse_cidr(&config.subnet_cidr);
+        }
+        if let Some(cidr) = self
+            .subnets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&eni.subnet_id)
+        {
+            return Ok(*cidr);
+        }
+        let ids = vec![eni.subnet_id.clone()];
+        let found = self
+            .ec2_call(Class::Describe, || self.ec2.describe_subnets(&ids))
+            .await?;
+        let subnet = found.iter().find(|s| s.subnet_id == eni.subnet_id).ok_or_else(|| {
+            ExecError::View(format!(
+                "EC2 does not know subnet {} of ENI {}",
+                eni.subnet_id, eni.eni_id
+            ))
+        })?;
+        let cidr = parse_cidr(&subnet.cidr)?;
+        self.subnets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(eni.subnet_id.clone(), cidr);
+        Ok(cidr)
+    }
+
+    /// The host link of an attached (or detaching) secondary ENI; None without a MAC.
+    async fn eni_link(&self, eni: &pb::Eni, view: &pb::GetNodeResponse) -> Result<Option<EniLink>> {
+        if eni.mac.is_empty() {
+            return Ok(None);
+        }
+        let subnet = self.subnet_of(eni, view).await?;
+        Ok(Some(EniLink {
+            mac: eni.mac.to_ascii_lowercase(),
+            device_index: eni.device_index,
+            primary_ip: parse_ip(&eni.primary_ip)?,
+            prefix_len: subnet.prefix(),
+            gateway: subnet
+                .aws_gateway()
+                .ok_or_else(|| ExecError::View(format!("subnet {subnet} has no gateway")))?,
+        }))
     }
 
     // ── EC2 ─────────────────────────────────────────────────────────────────────────────────
@@ -780,6 +868,19 @@ impl Executor {
     }
 }
 
+/// One in-flight intent's failure does not stop the others (nor the host sync and the planner):
+/// it is logged, and the next step tries again. Only a fence (register again) stops the step.
+fn tolerate(result: Result<u32>, what: &str) -> Result<u32> {
+    match result {
+        Ok(n) => Ok(n),
+        Err(error @ ExecError::Ipam(IpamError::RegisterAgain { .. } | IpamError::NotRegistered)) => Err(error),
+        Err(error) => {
+            tracing::warn!(%error, "resolving {what} failed; the next step tries again");
+            Ok(0)
+        }
+    }
+}
+
 /// The two budgets.
 #[derive(Debug, Clone, Copy)]
 enum Class {
@@ -836,7 +937,7 @@ impl PlanSpec {
                 .iter()
                 .map(|ip| parse_ip(ip))
                 .collect::<Result<_>>()?,
-            tags: plan.tags.iter().map(|(k, v)| Tag::new(k, v)).collect(),
+            tags: sorted_tags(plan.tags.iter().map(|(k, v)| Tag::new(k, v)).collect()),
             description: plan.description.clone(),
         })
     }
@@ -850,12 +951,13 @@ impl PlanSpec {
             .ok_or_else(|| ExecError::View("no subnet config".to_owned()))?;
         let subnet = parse_cidr(&config.subnet_cidr)?;
         let primary_ip = parse_ip(&eni.primary_ip)?;
-        let secondary_ips = eni
-            .addresses
-            .iter()
-            .filter(|a| a.ip != eni.primary_ip)
-            .map(|a| parse_ip(&a.ip))
-            .collect::<Result<_>>()?;
+        let secondary_ips = sorted(
+            eni.addresses
+                .iter()
+                .filter(|a| a.ip != eni.primary_ip)
+                .map(|a| parse_ip(&a.ip))
+                .collect::<Result<_>>()?,
+        );
         let tagging = EniTagging {
             cluster: &scope.cluster,
             node: &scope.node,
@@ -881,31 +983,10 @@ impl PlanSpec {
             security_groups: eni.security_group_ids.clone(),
             primary_ip,
             secondary_ips,
-            tags: tagging.tags().into_iter().map(|(k, v)| Tag::new(k, v)).collect(),
+            tags: sorted_tags(tagging.tags().into_iter().map(|(k, v)| Tag::new(k, v)).collect()),
             description: tagging.description(),
         })
     }
-}
-
-/// The host link of an attached (or detaching) secondary ENI in the view; None without a MAC.
-fn eni_link(eni: &pb::Eni, view: &pb::GetNodeResponse) -> Result<Option<EniLink>> {
-    if eni.mac.is_empty() {
-        return Ok(None);
-    }
-    let config = view
-        .subnet_config
-        .as_ref()
-        .ok_or_else(|| ExecError::View("no subnet config".to_owned()))?;
-    let subnet = parse_cidr(&config.subnet_cidr)?;
-    Ok(Some(EniLink {
-        mac: eni.mac.to_ascii_lowercase(),
-        device_index: eni.device_index,
-        primary_ip: parse_ip(&eni.primary_ip)?,
-        prefix_len: subnet.prefix(),
-        gateway: subnet
-            .aws_gateway()
-            .ok_or_else(|| ExecError::View(format!("subnet {subnet} has no gateway")))?,
-    }))
 }
 
 /// The pod rules the view calls for: every bound lease on a secondary ENI → its ENI's table.
@@ -923,6 +1004,18 @@ pub fn wanted_rules(view: &pb::GetNodeResponse) -> Result<BTreeMap<Ipv4Addr, u32
         }
     }
     Ok(wanted)
+}
+
+/// A create request is built the same way from a fresh plan and from the server's view of it (a
+/// retry under the same ClientToken must be the same request, or EC2 answers a mismatch).
+fn sorted_tags(mut tags: Vec<Tag>) -> Vec<Tag> {
+    tags.sort();
+    tags
+}
+
+fn sorted(mut ips: Vec<Ipv4Addr>) -> Vec<Ipv4Addr> {
+    ips.sort();
+    ips
 }
 
 fn find_eni(view: &pb::GetNodeResponse, eni_ref: u64) -> Result<&pb::Eni> {

@@ -157,7 +157,9 @@ impl IpamClient {
     }
 
     /// One call through the cluster, retried as `ipam-client` decides with the same request.
-    async fn call<Req, Resp, F, Fut>(&self, request: Req, f: F) -> Result<Resp>
+    /// `epoch` is the epoch the request carries: a "stale epoch" answer to a request made before
+    /// this agent registered again is not a fence of the current instance, only a retry.
+    async fn call<Req, Resp, F, Fut>(&self, epoch: Option<u64>, request: Req, f: F) -> Result<Resp>
     where
         Req: Clone,
         F: Fn(AgentServiceClient<Channel>, Req) -> Fut,
@@ -166,7 +168,14 @@ impl IpamClient {
         self.cluster
             .call(0, |channel| f(AgentServiceClient::new(channel), request.clone()))
             .await
-            .map_err(IpamError::from)
+            .map_err(|status| match IpamError::from(status) {
+                IpamError::RegisterAgain { why, message } if why == "stale-epoch" && epoch != self.epoch() => {
+                    IpamError::Status(Status::unavailable(format!(
+                        "made with an earlier epoch of this agent, which registered again meanwhile; try again ({message})"
+                    )))
+                }
+                other => other,
+            })
     }
 
     /// Registers the node (a new epoch fences every earlier instance of this agent).
@@ -174,7 +183,7 @@ impl IpamClient {
         request.node = self.node.clone();
         request.request_id = self.ids.next();
         let response = self
-            .call(request, |mut c, r| async move { c.register_node(r).await })
+            .call(None, request, |mut c, r| async move { c.register_node(r).await })
             .await?;
         *self.epoch.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(response.epoch);
         Ok(response)
@@ -182,12 +191,14 @@ impl IpamClient {
 
     /// Extends the node's heartbeat deadline.
     pub async fn heartbeat(&self) -> Result<pb::HeartbeatResponse> {
+        let epoch = self.current_epoch()?;
         let request = pb::HeartbeatRequest {
             node: self.node.clone(),
-            epoch: self.current_epoch()?,
+            epoch,
             request_id: self.ids.next(),
         };
-        self.call(request, |mut c, r| async move { c.heartbeat(r).await }).await
+        self.call(Some(epoch), request, |mut c, r| async move { c.heartbeat(r).await })
+            .await
     }
 
     /// The server's view of the node (linearizable).
@@ -195,19 +206,22 @@ impl IpamClient {
         let request = pb::GetNodeRequest {
             node: self.node.clone(),
         };
-        self.call(request, |mut c, r| async move { c.get_node(r).await }).await
+        self.call(None, request, |mut c, r| async move { c.get_node(r).await })
+            .await
     }
 
     /// Plans a secondary or trunk ENI.
     pub async fn plan_eni(&self, kind: pb::EniKind, ip_count: u32) -> Result<pb::PlanEniResponse> {
+        let epoch = self.current_epoch()?;
         let request = pb::PlanEniRequest {
             node: self.node.clone(),
-            epoch: self.current_epoch()?,
+            epoch,
             request_id: self.ids.next(),
             kind: kind.into(),
             ip_count,
         };
-        self.call(request, |mut c, r| async move { c.plan_eni(r).await }).await
+        self.call(Some(epoch), request, |mut c, r| async move { c.plan_eni(r).await })
+            .await
     }
 
     /// Reports a planned ENI created and attached.
@@ -218,44 +232,54 @@ impl IpamClient {
         mac: &str,
         attachment_id: &str,
     ) -> Result<pb::ReportEniAttachedResponse> {
+        let epoch = self.current_epoch()?;
         let request = pb::ReportEniAttachedRequest {
             node: self.node.clone(),
-            epoch: self.current_epoch()?,
+            epoch,
             request_id: self.ids.next(),
             eni_ref,
             eni_id: eni_id.to_owned(),
             mac: mac.to_owned(),
             attachment_id: attachment_id.to_owned(),
         };
-        self.call(request, |mut c, r| async move { c.report_eni_attached(r).await })
-            .await
+        self.call(Some(epoch), request, |mut c, r| async move {
+            c.report_eni_attached(r).await
+        })
+        .await
     }
 
     /// Reports a planned ENI that does not exist in EC2 and will not.
     pub async fn report_eni_failed(&self, eni_ref: u64, failure: &Failure) -> Result<pb::ReportEniFailedResponse> {
+        let epoch = self.current_epoch()?;
         let request = pb::ReportEniFailedRequest {
             node: self.node.clone(),
-            epoch: self.current_epoch()?,
+            epoch,
             request_id: self.ids.next(),
             eni_ref,
             error_code: failure.code.clone(),
             error_message: failure.message.clone(),
             in_use_ips: failure.in_use.iter().map(ToString::to_string).collect(),
         };
-        self.call(request, |mut c, r| async move { c.report_eni_failed(r).await })
-            .await
+        self.call(
+            Some(epoch),
+            request,
+            |mut c, r| async move { c.report_eni_failed(r).await },
+        )
+        .await
     }
 
     /// Plans more addresses on an attached ENI.
     pub async fn plan_ips(&self, eni_ref: u64, count: u32) -> Result<pb::PlanIpsResponse> {
+        let epoch = self.current_epoch()?;
         let request = pb::PlanIpsRequest {
             node: self.node.clone(),
-            epoch: self.current_epoch()?,
+            epoch,
             request_id: self.ids.next(),
             eni_ref,
             count,
         };
-        self.call(request, |mut c, r| async move { c.plan_ips(r).await }).await
+        self.call(Some(epoch), request, |mut c, r| async move { c.plan_ips(r).await })
+            .await
     }
 
     /// Reports the addresses of a plan EC2 assigned (the others return to the subnet).
@@ -265,16 +289,19 @@ impl IpamClient {
         intent_token: &str,
         ips: &[String],
     ) -> Result<pb::ReportIpsAssignedResponse> {
+        let epoch = self.current_epoch()?;
         let request = pb::ReportIpsAssignedRequest {
             node: self.node.clone(),
-            epoch: self.current_epoch()?,
+            epoch,
             request_id: self.ids.next(),
             eni_ref,
             intent_token: intent_token.to_owned(),
             ips: ips.to_vec(),
         };
-        self.call(request, |mut c, r| async move { c.report_ips_assigned(r).await })
-            .await
+        self.call(Some(epoch), request, |mut c, r| async move {
+            c.report_ips_assigned(r).await
+        })
+        .await
     }
 
     /// Reports that EC2 refused a plan of addresses.
@@ -284,9 +311,10 @@ impl IpamClient {
         intent_token: &str,
         failure: &Failure,
     ) -> Result<pb::ReportIpsFailedResponse> {
+        let epoch = self.current_epoch()?;
         let request = pb::ReportIpsFailedRequest {
             node: self.node.clone(),
-            epoch: self.current_epoch()?,
+            epoch,
             request_id: self.ids.next(),
             eni_ref,
             intent_token: intent_token.to_owned(),
@@ -294,66 +322,85 @@ impl IpamClient {
             error_message: failure.message.clone(),
             in_use_ips: failure.in_use.iter().map(ToString::to_string).collect(),
         };
-        self.call(request, |mut c, r| async move { c.report_ips_failed(r).await })
-            .await
+        self.call(
+            Some(epoch),
+            request,
+            |mut c, r| async move { c.report_ips_failed(r).await },
+        )
+        .await
     }
 
     /// Moves `count` warm addresses of an ENI to draining.
     pub async fn drain_ips(&self, eni_ref: u64, count: u32) -> Result<pb::DrainIpsResponse> {
+        let epoch = self.current_epoch()?;
         let request = pb::DrainIpsRequest {
             node: self.node.clone(),
-            epoch: self.current_epoch()?,
+            epoch,
             request_id: self.ids.next(),
             eni_ref,
             count,
             ips: Vec::new(),
         };
-        self.call(request, |mut c, r| async move { c.drain_ips(r).await }).await
+        self.call(Some(epoch), request, |mut c, r| async move { c.drain_ips(r).await })
+            .await
     }
 
     /// Reports draining addresses unassigned by EC2.
     pub async fn report_ips_unassigned(&self, eni_ref: u64, ips: &[String]) -> Result<pb::ReportIpsUnassignedResponse> {
+        let epoch = self.current_epoch()?;
         let request = pb::ReportIpsUnassignedRequest {
             node: self.node.clone(),
-            epoch: self.current_epoch()?,
+            epoch,
             request_id: self.ids.next(),
             eni_ref,
             ips: ips.to_vec(),
         };
-        self.call(request, |mut c, r| async move { c.report_ips_unassigned(r).await })
-            .await
+        self.call(Some(epoch), request, |mut c, r| async move {
+            c.report_ips_unassigned(r).await
+        })
+        .await
     }
 
     /// Agrees with the server to remove an idle ENI.
     pub async fn plan_eni_detach(&self, eni_ref: u64) -> Result<pb::PlanEniDetachResponse> {
+        let epoch = self.current_epoch()?;
         let request = pb::PlanEniDetachRequest {
             node: self.node.clone(),
-            epoch: self.current_epoch()?,
+            epoch,
             request_id: self.ids.next(),
             eni_ref,
         };
-        self.call(request, |mut c, r| async move { c.plan_eni_detach(r).await })
-            .await
+        self.call(
+            Some(epoch),
+            request,
+            |mut c, r| async move { c.plan_eni_detach(r).await },
+        )
+        .await
     }
 
     /// Reports a detaching ENI deleted in EC2.
     pub async fn report_eni_detached(&self, eni_ref: u64) -> Result<pb::ReportEniDetachedResponse> {
+        let epoch = self.current_epoch()?;
         let request = pb::ReportEniDetachedRequest {
             node: self.node.clone(),
-            epoch: self.current_epoch()?,
+            epoch,
             request_id: self.ids.next(),
             eni_ref,
         };
-        self.call(request, |mut c, r| async move { c.report_eni_detached(r).await })
-            .await
+        self.call(Some(epoch), request, |mut c, r| async move {
+            c.report_eni_detached(r).await
+        })
+        .await
     }
 
     /// Binds a warm address to a pod attachment.
     pub async fn bind(&self, mut request: pb::BindRequest) -> Result<pb::BindResponse> {
         request.node = self.node.clone();
-        request.epoch = self.current_epoch()?;
+        let epoch = self.current_epoch()?;
+        request.epoch = epoch;
         request.request_id = self.ids.next();
-        self.call(request, |mut c, r| async move { c.bind(r).await }).await
+        self.call(Some(epoch), request, |mut c, r| async move { c.bind(r).await })
+            .await
     }
 
     /// Releases a lease by id and/or attachment.
@@ -363,41 +410,50 @@ impl IpamClient {
         attachment: Option<pb::Attachment>,
         reason: pb::ReleaseReason,
     ) -> Result<pb::ReleaseResponse> {
+        let epoch = self.current_epoch()?;
         let request = pb::ReleaseRequest {
             node: self.node.clone(),
-            epoch: self.current_epoch()?,
+            epoch,
             request_id: self.ids.next(),
             lease_id,
             attachment,
             reason: reason.into(),
         };
-        self.call(request, |mut c, r| async move { c.release(r).await }).await
+        self.call(Some(epoch), request, |mut c, r| async move { c.release(r).await })
+            .await
     }
 
     /// Releases every lease of the node bound before `bound_before_unix_ms` whose attachment is
     /// not in `valid`.
     pub async fn gc(&self, valid: Vec<pb::Attachment>, bound_before_unix_ms: i64) -> Result<pb::GcResponse> {
+        let epoch = self.current_epoch()?;
         let request = pb::GcRequest {
             node: self.node.clone(),
-            epoch: self.current_epoch()?,
+            epoch,
             request_id: self.ids.next(),
             valid_attachments: valid,
             bound_before_unix_ms,
         };
-        self.call(request, |mut c, r| async move { c.gc(r).await }).await
+        self.call(Some(epoch), request, |mut c, r| async move { c.gc(r).await })
+            .await
     }
 
     /// Asks for up to `count` calls of the cluster-wide EC2 budget.
     pub async fn acquire_ec2_budget(&self, class: pb::Ec2ApiClass, count: u32) -> Result<pb::AcquireEc2BudgetResponse> {
+        let epoch = self.current_epoch()?;
         let request = pb::AcquireEc2BudgetRequest {
             node: self.node.clone(),
-            epoch: self.current_epoch()?,
+            epoch,
             request_id: self.ids.next(),
             api_class: class.into(),
             count,
         };
-        self.call(request, |mut c, r| async move { c.acquire_ec2_budget(r).await })
-            .await
+        self.call(
+            Some(epoch),
+            request,
+            |mut c, r| async move { c.acquire_ec2_budget(r).await },
+        )
+        .await
     }
 }
 

@@ -62,13 +62,18 @@ fn main() -> ExitCode {
     }
 }
 
-/// Pods from the Kubernetes view (or the manifests' view).
+/// Pods from the Kubernetes view (or the manifests' view). Only a cluster's view is the complete
+/// pod list (manifests usually hold ENIConfigs and policies, not the node's pods), so only then
+/// may a lease whose pod is missing be released.
 #[derive(Debug)]
-struct ViewPods(watch::Receiver<ClusterView>);
+struct ViewPods {
+    view: watch::Receiver<ClusterView>,
+    complete: bool,
+}
 
 impl PodDirectory for ViewPods {
     fn pod(&self, namespace: &str, name: &str) -> Option<PodMeta> {
-        let view = self.0.borrow();
+        let view = self.view.borrow();
         let pod = view.pod(namespace, name)?;
         Some(PodMeta {
             uid: pod.uid.clone(),
@@ -82,7 +87,7 @@ impl PodDirectory for ViewPods {
     }
 
     fn knows_pods(&self) -> bool {
-        self.0.borrow().synced
+        self.complete && self.view.borrow().synced
     }
 }
 
@@ -151,7 +156,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         None => (identity.availability_zone.clone(), Default::default()),
     };
     let pods: Arc<dyn PodDirectory> = match &view {
-        Some(view) => Arc::new(ViewPods(view.clone())),
+        Some(view) => Arc::new(ViewPods {
+            view: view.clone(),
+            complete: !matches!(config.kube, KubeMode::Manifests(_)),
+        }),
         None => Arc::new(NoPods),
     };
 
@@ -227,6 +235,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let running = agent::start(spec).await?;
     tracing::info!(epoch = running.registered.epoch, "the agent is running");
+    if let Some(error) = &running.first_step_error {
+        tracing::warn!(%error, "the pool is not in shape yet; the agent keeps trying");
+    }
     // The cooldown is the cluster's (one ledger, one rule): IP_COOLDOWN_PERIOD can only be
     // compared with it here; `ipamctl settings` changes it for every node.
     let cluster_cooldown = Duration::from_millis(running.registered.ip_cooldown_ms);
@@ -237,14 +248,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
             "IP_COOLDOWN_PERIOD differs from the cluster's address cooldown, which is in force; change it with `ipamctl settings set --ip-cooldown`"
         );
     }
-    shutdown_signal().await;
+    let fatal = tokio::select! {
+        () = shutdown_signal() => None,
+        reason = running.fatal() => Some(reason),
+    };
     tracing::info!("stopping (leases, ENIs and rules stay for the next agent)");
     running.stop().await;
     let _ = stop_metrics.send(());
     if let Some(task) = metrics_task {
         let _ = task.await;
     }
-    Ok(())
+    match fatal {
+        Some(reason) => anyhow::bail!("{reason}"),
+        None => Ok(()),
+    }
 }
 
 /// The Kubernetes view, when there is Kubernetes (or manifests standing in for it); waits a while

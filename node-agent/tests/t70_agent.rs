@@ -20,8 +20,11 @@ use agent_world::*;
 use ipam_node_agent::agent;
 use ipam_node_agent::cni_backend::PodDirectory;
 use ipam_node_agent::cni_backend::PodMeta;
+use ipam_node_agent::ec2::CreateEni;
 use ipam_node_agent::ec2::Ec2;
 use ipam_node_agent::ec2::EniFilter;
+use ipam_node_agent::ec2::InterfaceType;
+use ipam_node_agent::ec2::Tag;
 use ipam_node_agent::ec2::sim::Operation;
 use ipam_node_agent::ec2::tags;
 use ipam_node_agent::host::Host;
@@ -286,8 +289,15 @@ async fn a_crash_between_create_and_attach_is_resumed_by_the_next_agent() {
         .ec2
         .fail_next(Operation::AttachNetworkInterface, "Unavailable", 1_000);
     let spec = world.spec(warm_ips(2));
-    let failed = agent::start(spec).await;
-    assert!(failed.is_err(), "the first step should fail at the attach");
+    let first = agent::start(spec)
+        .await
+        .expect("the agent serves even when its pool cannot grow");
+    assert!(
+        first.first_step_error.is_some(),
+        "the first step should fail at the attach"
+    );
+    assert!(!first.readiness().ready);
+    first.stop().await;
     // The server has the ENI planned, EC2 has it created and unattached.
     let view = world.node_view().await;
     assert_eq!(view.enis.len(), 1);
@@ -328,7 +338,9 @@ async fn a_plan_whose_create_never_happened_is_created_with_its_token() {
     world
         .ec2
         .fail_next(Operation::CreateNetworkInterface, "InternalError", 1_000);
-    assert!(agent::start(world.spec(warm_ips(2))).await.is_err());
+    let first = agent::start(world.spec(warm_ips(2))).await.expect("start");
+    assert!(first.first_step_error.is_some());
+    first.stop().await;
     let view = world.node_view().await;
     assert_eq!(view.enis.len(), 1);
     assert_eq!(view.enis[0].state(), pb::EniState::Planned);
@@ -406,5 +418,172 @@ async fn a_pod_that_vanished_while_the_agent_was_down_loses_its_lease_at_start()
     assert!(rules.iter().any(|r| r.ip.to_string() == kept.ip));
     assert!(!rules.iter().any(|r| r.ip.to_string() == gone.ip));
     running.stop().await;
+    world.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attach_whose_answer_was_lost_is_reported_by_the_next_agent() {
+    let world = World::new("done").await;
+    // The attach takes effect in EC2, its answer is lost: EC2 has the ENI attached, the server
+    // still has it planned.
+    world
+        .ec2
+        .fail_next_after_effect(Operation::AttachNetworkInterface, "InternalError", 1);
+    let first = agent::start(world.spec(warm_ips(2))).await.expect("start");
+    assert!(first.first_step_error.is_some());
+    first.stop().await;
+    let view = world.node_view().await;
+    assert_eq!(view.enis[0].state(), pb::EniState::Planned);
+    let attaches = world.ec2.stats(Operation::AttachNetworkInterface).calls;
+    let running = world.start(warm_ips(2)).await;
+    assert!(running.first_step_error.is_none(), "{:?}", running.first_step_error);
+    let view = world.node_view().await;
+    assert_eq!(view.enis.len(), 1);
+    assert_eq!(view.enis[0].state(), pb::EniState::Attached);
+    assert_eq!(
+        world.ec2.stats(Operation::AttachNetworkInterface).calls,
+        attaches,
+        "no second attach: EC2 already had it attached"
+    );
+    assert_eq!(world.tagged_enis().await.len(), 1);
+    running.stop().await;
+    world.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unattached_eni_of_this_node_that_no_plan_explains_is_deleted_at_start() {
+    let world = World::new("leak").await;
+    let running = world.start(warm_ips(2)).await;
+    running.stop().await;
+    // An ENI with this node's tags, created and never attached (a plan the server dropped).
+    let view = world.node_view().await;
+    let mut tags = vec![
+        Tag::new(tags::NODE, NODE),
+        Tag::new(tags::INSTANCE_ID, INSTANCE),
+        Tag::new(tags::INTENT, "ipam-leaked"),
+    ];
+    tags.push(Tag::new(tags::CLUSTER, running_cluster_tag(&world).await));
+    let leaked = world
+        .ec2
+        .create_network_interface(&CreateEni {
+            subnet_id: POD_SUBNET.to_owned(),
+            description: "leaked".to_owned(),
+            security_groups: Vec::new(),
+            primary_ip: Ipv4Addr::new(100, 64, 1, 200),
+            secondary_ips: Vec::new(),
+            interface_type: InterfaceType::Interface,
+            tags,
+            client_token: "ipam-leaked".to_owned(),
+        })
+        .await
+        .expect("create");
+    // Another instance's ENI under the same node name is not ours to delete.
+    let foreign = world
+        .ec2
+        .create_network_interface(&CreateEni {
+            subnet_id: POD_SUBNET.to_owned(),
+            description: "foreign".to_owned(),
+            security_groups: Vec::new(),
+            primary_ip: Ipv4Addr::new(100, 64, 1, 201),
+            secondary_ips: Vec::new(),
+            interface_type: InterfaceType::Interface,
+            tags: vec![
+                Tag::new(tags::NODE, NODE),
+                Tag::new(tags::INSTANCE_ID, "i-0fedcba9876543210"),
+                Tag::new(tags::CLUSTER, running_cluster_tag(&world).await),
+            ],
+            client_token: "other".to_owned(),
+        })
+        .await
+        .expect("create");
+    let restarted = world.start(warm_ips(2)).await;
+    assert_eq!(restarted.first_step.resolved, 1, "{:?}", restarted.first_step);
+    let ids: Vec<String> = world.tagged_enis().await.into_iter().map(|e| e.eni_id).collect();
+    assert!(!ids.contains(&leaked.eni_id), "the leaked ENI is deleted");
+    assert!(ids.contains(&foreign.eni_id), "another instance's ENI is left alone");
+    assert_eq!(world.node_view().await.enis, view.enis);
+    restarted.stop().await;
+    world.stop().await;
+}
+
+/// The cluster tag the server hands out (its token prefix).
+async fn running_cluster_tag(world: &World<ipam_node_agent::host::mem::MemHost>) -> String {
+    let mut admin = ipam_proto::ipam::v1::admin_service_client::AdminServiceClient::new(channel(world.addr));
+    admin
+        .get_settings(pb::GetSettingsRequest {})
+        .await
+        .expect("settings")
+        .into_inner()
+        .settings
+        .expect("settings")
+        .token_prefix
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_agent_instance_fences_the_first_which_stops_and_leaves_its_socket() {
+    let world = World::new("fence").await;
+    let mut admin = ipam_proto::ipam::v1::admin_service_client::AdminServiceClient::new(channel(world.addr));
+    let current = admin
+        .get_settings(pb::GetSettingsRequest {})
+        .await
+        .expect("settings")
+        .into_inner()
+        .settings
+        .expect("settings");
+    admin
+        .update_settings(pb::UpdateSettingsRequest {
+            request_id: "fast-heartbeats".to_owned(),
+            settings: Some(pb::Settings {
+                heartbeat_ttl_ms: 1000,
+                ..current
+            }),
+        })
+        .await
+        .expect("settings");
+    let first = world.start(warm_ips(2)).await;
+    let second = world.start(warm_ips(2)).await;
+    assert!(second.registered.epoch > first.registered.epoch);
+    let reason = tokio::time::timeout(Duration::from_secs(10), first.fatal())
+        .await
+        .expect("the first agent notices the newer instance");
+    assert!(reason.contains("another agent instance"), "{reason}");
+    first.stop().await;
+    // The newer instance's socket survives the older one's exit.
+    let mut cni = world.cni().await;
+    let status = cni.status(api::StatusRequest {}).await.expect("status").into_inner();
+    assert!(status.ready, "{status:?}");
+    second.stop().await;
+    world.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_that_learnt_other_limits_keeps_the_clusters_and_the_node() {
+    let world = World::new("limits").await;
+    let running = world.start(warm_ips(2)).await;
+    let mut cni = world.cni().await;
+    let added = cni.add(add_request("kept", "ck")).await.expect("add").into_inner();
+    running.stop().await;
+    let before = world.node_view().await;
+    let mut spec = world.spec(warm_ips(2));
+    if let Some(limits) = spec.registration.limits.as_mut() {
+        limits.ipv4_per_eni += 5;
+    }
+    let restarted = agent::start(spec).await.expect("start");
+    let after = world.node_view().await;
+    let ids = |view: &pb::GetNodeResponse| {
+        view.enis
+            .iter()
+            .map(|e| (e.eni_ref, e.eni_id.clone(), e.state()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ids(&after), ids(&before), "the node's ENIs are not forgotten");
+    assert!(
+        after
+            .leases
+            .iter()
+            .any(|l| l.lease_id == added.lease_id && l.state() == pb::LeaseState::Bound)
+    );
+    assert_eq!(after.node.and_then(|n| n.limits), before.node.and_then(|n| n.limits));
+    restarted.stop().await;
     world.stop().await;
 }

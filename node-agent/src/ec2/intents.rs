@@ -58,9 +58,15 @@ pub struct NodeScope {
 }
 
 impl NodeScope {
-    /// The tags the agent puts on every ENI of this node.
+    /// The tags every ENI of this node carries: cluster, node and instance (instance ids are
+    /// unique across accounts and regions, so two clusters with the same token prefix and the same
+    /// node names in one account never take each other's ENIs for their own).
     pub fn tags(&self) -> Vec<Tag> {
-        vec![Tag::new(tags::CLUSTER, &self.cluster), Tag::new(tags::NODE, &self.node)]
+        vec![
+            Tag::new(tags::CLUSTER, &self.cluster),
+            Tag::new(tags::NODE, &self.node),
+            Tag::new(tags::INSTANCE_ID, &self.instance_id),
+        ]
     }
 
     /// `DescribeNetworkInterfaces` by this node's tags.
@@ -72,7 +78,9 @@ impl NodeScope {
     }
 
     fn owns(&self, eni: &NetworkInterface) -> bool {
-        eni.tag(tags::CLUSTER) == Some(self.cluster.as_str()) && eni.tag(tags::NODE) == Some(self.node.as_str())
+        eni.tag(tags::CLUSTER) == Some(self.cluster.as_str())
+            && eni.tag(tags::NODE) == Some(self.node.as_str())
+            && eni.tag(tags::INSTANCE_ID) == Some(self.instance_id.as_str())
     }
 }
 

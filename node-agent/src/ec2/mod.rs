@@ -41,6 +41,8 @@ impl Tag {
 pub mod tags {
     /// The cluster the ENI belongs to (the server's token prefix).
     pub use ipam_core::eni_tags::CLUSTER;
+    /// The EC2 instance the ENI was planned for.
+    pub use ipam_core::eni_tags::INSTANCE_ID;
     /// The intent token (also the ClientToken) the ENI was created under.
     pub use ipam_core::eni_tags::INTENT_TOKEN as INTENT;
     /// The node (Kubernetes node name) the ENI was created for.

@@ -30,9 +30,9 @@
 //! when the SNAT configuration does. [`Host::pod_rules`] still reports the old per-CIDR rules of a
 //! pod (with a destination), and adding or deleting a pod's rules replaces or removes them.
 //!
-//! Not done here: `rp_filter` (the VPC CNI's init container sets it to 2, loose, on the primary
-//! interface; strict would drop the replies to SNATed flows, which arrive on the primary ENI for a
-//! pod whose own rules point at another) and `ip_forward`; both are node setup, outside netlink.
+//! `configure_snat` also sets what the VPC CNI's init container sets: `ip_forward` on, and
+//! `rp_filter` 2 (loose) on the primary link (strict would drop the replies to SNATed flows, which
+//! arrive on the primary ENI for a pod whose own rules point at another).
 
 use std::net::IpAddr;
 use std::net::Ipv4Addr;
