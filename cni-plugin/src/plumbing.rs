@@ -683,12 +683,7 @@ impl Side {
     }
 
     async fn links(&self) -> Result<Vec<LinkView>> {
-        let messages: Vec<LinkMessage> = self
-            .nl
-            .link()
-            .get()
-            .execute()
-            .try_collect()
+        let messages: Vec<LinkMessage> = dump(|| self.nl.link().get().execute().try_collect())
             .await
             .map_err(nl(format!("listing links in {}", self.place())))?;
         Ok(messages.iter().map(LinkView::from).collect())
@@ -703,12 +698,7 @@ impl Side {
     }
 
     async fn addresses(&self) -> Result<Vec<AddrView>> {
-        let messages: Vec<AddressMessage> = self
-            .nl
-            .address()
-            .get()
-            .execute()
-            .try_collect()
+        let messages: Vec<AddressMessage> = dump(|| self.nl.address().get().execute().try_collect())
             .await
             .map_err(nl(format!("listing addresses in {}", self.place())))?;
         Ok(messages.iter().filter_map(AddrView::parse).collect())
@@ -717,12 +707,7 @@ impl Side {
     async fn main_routes(&self) -> Result<Vec<RouteView>> {
         let mut request = RouteMessage::default();
         request.header.address_family = AddressFamily::Inet;
-        let messages: Vec<RouteMessage> = self
-            .nl
-            .route()
-            .get(request)
-            .execute()
-            .try_collect()
+        let messages: Vec<RouteMessage> = dump(|| self.nl.route().get(request.clone()).execute().try_collect())
             .await
             .map_err(nl(format!("listing routes in {}", self.place())))?;
         Ok(messages
@@ -733,15 +718,16 @@ impl Side {
     }
 
     async fn neighbours(&self) -> Result<Vec<NeighView>> {
-        let messages: Vec<NeighbourMessage> = self
-            .nl
-            .neighbours()
-            .get()
-            .set_address_family(AddressFamily::Inet)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(nl(format!("listing neighbours in {}", self.place())))?;
+        let messages: Vec<NeighbourMessage> = dump(|| {
+            self.nl
+                .neighbours()
+                .get()
+                .set_address_family(AddressFamily::Inet)
+                .execute()
+                .try_collect()
+        })
+        .await
+        .map_err(nl(format!("listing neighbours in {}", self.place())))?;
         Ok(messages.iter().map(NeighView::from).collect())
     }
 
@@ -979,6 +965,23 @@ fn errno(e: &rtnetlink::Error) -> Option<Errno> {
     match e {
         rtnetlink::Error::NetlinkError(message) => message.code.map(|code| Errno::from_raw(-code.get())),
         _ => None,
+    }
+}
+
+/// A netlink dump, done again when the kernel says it was interrupted (EBUSY: the table changed
+/// while it was dumped — other pods being plumbed at the same time), a few times.
+async fn dump<T, F, Fut>(mut request: F) -> std::result::Result<Vec<T>, rtnetlink::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<Vec<T>, rtnetlink::Error>>,
+{
+    const TRIES: u32 = 10;
+    let mut tries = 0;
+    loop {
+        match request().await {
+            Err(e) if errno(&e) == Some(Errno::EBUSY) && tries + 1 < TRIES => tries += 1,
+            other => return other,
+        }
     }
 }
 

@@ -48,6 +48,7 @@ async fn the_agent_plumbs_a_node_whose_pod_reaches_outside_through_snat_and_surv
         primary_ip: netns::PRIMARY_IP,
         node_cidr: "10.0.0.0/24",
         pod_cidr: "100.64.1.0/24",
+        ..Layout::default()
     };
     let world = World::with_host("netns", layout, host, on_attach).await;
     let running = world.start(agent_world::warm_ips(2)).await;

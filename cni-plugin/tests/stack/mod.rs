@@ -56,6 +56,22 @@ impl Stack {
     /// The stack, or None (after saying why) where privileged tests cannot run; `warm` addresses
     /// kept ready.
     pub async fn start(name: &str, warm: u32, plugin: &Path) -> Option<Self> {
+        Self::start_on(name, warm, plugin, "m5.large", "100.64.1.0/24").await
+    }
+
+    /// [`Stack::start`] on another instance type and pod subnet (`a.b.c.0/n`: its gateway is
+    /// `a.b.c.1`).
+    pub async fn start_on(
+        name: &str,
+        warm: u32,
+        plugin: &Path,
+        instance_type: &'static str,
+        pod_cidr: &'static str,
+    ) -> Option<Self> {
+        let (network, prefix) = pod_cidr.split_once('/').expect("a CIDR");
+        let network: Ipv4Addr = network.parse().expect("an IPv4 network");
+        let gateway = Ipv4Addr::from(u32::from(network) + 1);
+        let prefix: u8 = prefix.parse().expect("a prefix length");
         if !netns::privileged(name) {
             return None;
         }
@@ -73,7 +89,7 @@ impl Stack {
             return None;
         }
         let topology = Topology::build_bare().await;
-        let wiring = topology.eni_wiring(POD_GATEWAY, 24);
+        let wiring = topology.eni_wiring(gateway, prefix);
         let on_attach: OnAttach = Arc::new(move |eni: &NetworkInterface, device: u8| {
             let mut addresses = vec![eni.primary_ip];
             addresses.extend(&eni.secondary_ips);
@@ -87,7 +103,8 @@ impl Stack {
         let layout = Layout {
             primary_ip: netns::PRIMARY_IP,
             node_cidr: "10.0.0.0/24",
-            pod_cidr: "100.64.1.0/24",
+            pod_cidr,
+            instance_type,
         };
         let world = World::with_host(name, layout, host, on_attach).await;
         let running = world.start(agent_world::warm_ips(warm)).await;

@@ -134,14 +134,8 @@ impl NetlinkHost {
     }
 
     async fn links(&self) -> Result<Vec<LinkView>, HostError> {
-        let messages: Vec<LinkMessage> = self
-            .handle
-            .link()
-            .get()
-            .execute()
-            .try_collect()
-            .await
-            .map_err(nl("list links"))?;
+        let messages: Vec<LinkMessage> =
+            dump("list links", || self.handle.link().get().execute().try_collect()).await?;
         Ok(messages.iter().map(LinkView::from).collect())
     }
 
@@ -150,14 +144,8 @@ impl NetlinkHost {
     }
 
     async fn addresses(&self) -> Result<Vec<AddrView>, HostError> {
-        let messages: Vec<AddressMessage> = self
-            .handle
-            .address()
-            .get()
-            .execute()
-            .try_collect()
-            .await
-            .map_err(nl("list addresses"))?;
+        let messages: Vec<AddressMessage> =
+            dump("list addresses", || self.handle.address().get().execute().try_collect()).await?;
         Ok(messages.into_iter().filter_map(AddrView::parse).collect())
     }
 
@@ -165,26 +153,18 @@ impl NetlinkHost {
         // Without strict checking the kernel dumps every table whatever the request says.
         let mut request = RouteMessage::default();
         request.header.address_family = AddressFamily::Inet;
-        let messages: Vec<RouteMessage> = self
-            .handle
-            .route()
-            .get(request)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(nl("list routes"))?;
+        let messages: Vec<RouteMessage> = dump("list routes", || {
+            self.handle.route().get(request.clone()).execute().try_collect()
+        })
+        .await?;
         Ok(messages.into_iter().filter_map(RouteView::parse).collect())
     }
 
     async fn rules(&self) -> Result<Vec<RuleView>, HostError> {
-        let messages: Vec<RuleMessage> = self
-            .handle
-            .rule()
-            .get(rtnetlink::IpVersion::V4)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(nl("list rules"))?;
+        let messages: Vec<RuleMessage> = dump("list rules", || {
+            self.handle.rule().get(rtnetlink::IpVersion::V4).execute().try_collect()
+        })
+        .await?;
         Ok(messages.into_iter().filter_map(RuleView::parse).collect())
     }
 
@@ -825,6 +805,23 @@ fn errno(e: &rtnetlink::Error) -> Option<Errno> {
     match e {
         rtnetlink::Error::NetlinkError(message) => message.code.map(|code| Errno::from_raw(-code.get())),
         _ => None,
+    }
+}
+
+/// A netlink dump, done again when the kernel says it was interrupted (EBUSY: the table changed
+/// while it was being dumped, e.g. another pod's rules added meanwhile), a few times.
+async fn dump<T, F, Fut>(what: &'static str, mut request: F) -> Result<Vec<T>, HostError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<T>, rtnetlink::Error>>,
+{
+    const TRIES: u32 = 10;
+    let mut tries = 0;
+    loop {
+        match request().await {
+            Err(e) if errno(&e) == Some(Errno::EBUSY) && tries + 1 < TRIES => tries += 1,
+            other => return other.map_err(nl(what)),
+        }
     }
 }
 

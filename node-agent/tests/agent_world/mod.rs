@@ -82,6 +82,8 @@ pub struct Layout {
     pub node_cidr: &'static str,
     /// The pods' subnet (the ENIConfig's).
     pub pod_cidr: &'static str,
+    /// The instance type (its limits come from the built-in table).
+    pub instance_type: &'static str,
 }
 
 impl Default for Layout {
@@ -90,6 +92,7 @@ impl Default for Layout {
             primary_ip: PRIMARY_IP,
             node_cidr: "10.0.1.0/24",
             pod_cidr: POD_CIDR,
+            instance_type: "m5.large",
         }
     }
 }
@@ -162,7 +165,7 @@ impl<H: Host + 'static> World<H> {
                 .config(SimConfig::default())
                 .subnet(NODE_SUBNET, layout.node_cidr, AZ)
                 .subnet(POD_SUBNET, layout.pod_cidr, AZ)
-                .instance(INSTANCE, "m5.large", NODE_SUBNET, layout.primary_ip)
+                .instance(INSTANCE, layout.instance_type, NODE_SUBNET, layout.primary_ip)
                 .build()
                 .expect("EC2 simulator"),
         );
@@ -201,7 +204,7 @@ impl<H: Host + 'static> World<H> {
     pub fn spec(&self, targets: Targets) -> AgentSpec {
         let ipam =
             Arc::new(IpamClient::new(vec![self.addr.to_string()], NODE, RetryPolicy::default()).expect("IPAM client"));
-        let limits = ipam_core::limits::lookup("m5.large").expect("m5.large in the table");
+        let limits = ipam_core::limits::lookup(self.layout.instance_type).expect("an instance type in the table");
         let scope = NodeScope {
             cluster: String::new(),
             node: NODE.to_owned(),
@@ -218,7 +221,7 @@ impl<H: Host + 'static> World<H> {
             pods: Arc::new(NoPods),
             registration: pb::RegisterNodeRequest {
                 instance_id: INSTANCE.to_owned(),
-                instance_type: "m5.large".to_owned(),
+                instance_type: self.layout.instance_type.to_owned(),
                 availability_zone: AZ.to_owned(),
                 limits: Some(node_limits(limits)),
                 subnet_config: AZ.to_owned(),
