@@ -204,78 +204,12 @@ pub struct Topology {
 }
 
 impl Topology {
-    /// Builds the whole picture of the module docs.
+    /// Builds the whole picture of the module docs: [`Topology::build_bare`], the secondary ENI
+    /// `eth1` attached, and the pod wired to the node.
     pub async fn build() -> Self {
-        let topology = Topology {
-            vpc: Ns { name: unique("vpc") },
-            node: Ns { name: unique("node") },
-            outside: Ns { name: unique("out") },
-            pod: Ns { name: unique("pod") },
-            echo: None,
-        };
-        for ns in topology.all() {
-            ip(&["netns", "add", &ns.name]);
-            ns.ip("link set lo up");
-        }
-        let (vpc, node, outside, pod) = (&topology.vpc, &topology.node, &topology.outside, &topology.pod);
-        let (vpc_ns, outside_ns, pod_ns) = (&vpc.name, &outside.name, &pod.name);
-
-        // The ENIs: veth pairs into the fabric, with EC2-like MACs.
-        node.ip(&format!(
-            "link add eth0 address {PRIMARY_MAC} type veth peer name v-eth0 netns {vpc_ns}"
-        ));
-        node.ip(&format!(
-            "link add eth1 address {ENI_MAC} type veth peer name v-eth1 netns {vpc_ns}"
-        ));
-        node.ip(&format!("addr add {PRIMARY_IP}/24 dev eth0"));
-        node.ip("link set eth0 up");
-        node.ip(&format!("route add default via {PRIMARY_GW}"));
-
-        vpc.ip(&format!("link add v-out type veth peer name eth0 netns {outside_ns}"));
-        vpc.ip(&format!("addr add {PRIMARY_GW}/24 dev v-eth0"));
-        vpc.ip(&format!("addr add {ENI_GW}/24 dev v-eth1"));
-        vpc.ip("addr add 203.0.113.1/24 dev v-out");
-        for link in ["v-eth0", "v-eth1", "v-out"] {
-            vpc.ip(&format!("link set {link} up"));
-        }
-        vpc.ip(&format!("route add 198.51.100.0/24 via {OUTSIDE_IP}"));
-        // The fabric knows which ENI holds which address: no ARP for them.
-        for (addr, mac, dev) in [
-            (PRIMARY_IP, PRIMARY_MAC, "v-eth0"),
-            (ENI_IP, ENI_MAC, "v-eth1"),
-            (POD_IP, ENI_MAC, "v-eth1"),
-        ] {
-            vpc.ip(&format!("neigh replace {addr} lladdr {mac} dev {dev} nud permanent"));
-        }
-
-        outside.ip(&format!("addr add {OUTSIDE_IP}/24 dev eth0"));
-        outside.ip(&format!("addr add {EXCLUDED_IP}/24 dev eth0"));
-        outside.ip("link set eth0 up");
-        outside.ip("route add default via 203.0.113.1");
-
-        // The pod, wired the way the CNI plugin will do it.
-        node.ip(&format!(
-            "link add eni-pod address {HOST_VETH_MAC} type veth peer name eth0 address {POD_MAC} netns {pod_ns}"
-        ));
-        node.ip("link set eni-pod up");
-        node.ip(&format!("route add {POD_IP}/32 dev eni-pod scope link"));
-        node.ip(&format!(
-            "neigh replace {POD_IP} lladdr {POD_MAC} dev eni-pod nud permanent"
-        ));
-        pod.ip(&format!("addr add {POD_IP}/32 dev eth0"));
-        pod.ip("link set eth0 up");
-        pod.ip("route add 169.254.1.1 dev eth0 scope link");
-        pod.ip("route add default via 169.254.1.1 dev eth0");
-        pod.ip(&format!(
-            "neigh replace 169.254.1.1 lladdr {HOST_VETH_MAC} dev eth0 nud permanent"
-        ));
-
-        vpc.sysctl("net.ipv4.ip_forward", "1").await;
-        vpc.sysctl("net.ipv4.conf.all.rp_filter", "1").await;
-        // The agent's configure_snat turns forwarding on and eth0's rp_filter loose.
-        node.sysctl("net.ipv4.ip_forward", "0").await;
-        node.sysctl("net.ipv4.conf.all.rp_filter", "1").await;
-        node.sysctl("net.ipv4.conf.eth0.rp_filter", "1").await;
+        let topology = Self::build_bare().await;
+        topology.eni_wiring(ENI_GW, 24).attach(ENI_MAC, 1, &[ENI_IP, POD_IP]);
+        topology.plumb_pod(POD_IP, "eni-pod", ENI_MAC, 1);
         topology
     }
 
