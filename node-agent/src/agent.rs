@@ -5,7 +5,8 @@
 //!            resolves what a crash left in flight (EC2 ↔ server) and makes the host's ENI
 //!            tables and pod rules match the server's leases ─▶ orphans released (pods that no
 //!            longer exist, when the pod list is known) ─▶ CNI socket served
-//!   tasks:   heartbeat every ttl/3 (fenced → register again)
+//!   tasks:   heartbeat every ttl/3 (node expired or unknown → register again; a newer
+//!            instance of this agent registered → stop)
 //!            pool step every `pool_interval`, or at once when an ADD found no warm address
 //! ```
 //!
@@ -144,11 +145,13 @@ async fn register(
     }
 }
 
-/// Starts the agent: registers, reconciles, serves the CNI socket and spawns its loops.
+/// Starts the agent: binds the CNI socket, registers, reconciles, serves the socket and spawns its
+/// loops. A first reconcile that does not finish (EC2 down, a stuck intent) does not stop the
+/// start: the agent serves, not ready until its pool is, and the pool loop retries.
 ///
 /// # Errors
 ///
-/// Registration, SNAT or the first reconcile failed; nothing is served then.
+/// The socket cannot be bound, registration or SNAT failed; nothing is served then.
 pub async fn start(mut spec: AgentSpec) -> Result<RunningAgent, StartError> {
     adopt_recorded_limits(&mut spec).await;
     let socket = cni_backend::bind(&spec.socket, spec.socket_mode).map_err(StartError::Socket)?;
