@@ -373,13 +373,12 @@ impl Executor {
                 Decision::NotCreated { .. } => {
                     let Some(eni) = plan else { continue };
                     // The create never took effect: carry the plan out now, same token.
-                    self.create_and_attach(&PlanSpec::from_eni(eni, view, &self.config.scope)?)
-                        .await?;
+                    self.create_and_attach(&self.resumed_plan(eni, view).await?).await?;
                 }
                 Decision::Resume { eni_id, .. } => {
                     let Some(eni) = plan else { continue };
                     let created = self.describe_one(&eni_id).await?;
-                    self.attach_and_report(&PlanSpec::from_eni(eni, view, &self.config.scope)?, &created)
+                    self.attach_and_report(&self.resumed_plan(eni, view).await?, &created)
                         .await?;
                 }
                 Decision::Done {
@@ -387,12 +386,8 @@ impl Executor {
                 } => {
                     let Some(eni) = plan else { continue };
                     let created = self.describe_one(&eni_id).await?;
-                    self.configure_and_report(
-                        &PlanSpec::from_eni(eni, view, &self.config.scope)?,
-                        &created,
-                        &attachment_id,
-                    )
-                    .await?;
+                    self.configure_and_report(&self.resumed_plan(eni, view).await?, &created, &attachment_id)
+                        .await?;
                 }
                 Decision::Leaked { eni_id, token } => {
                     tracing::warn!(%eni_id, ?token, "deleting an unattached ENI of this node that no plan explains");
@@ -750,6 +745,12 @@ impl Executor {
         Ok(cidr)
     }
 
+    /// A planned ENI of the server's view as a plan to carry out, with its own subnet.
+    async fn resumed_plan(&self, eni: &pb::Eni, view: &pb::GetNodeResponse) -> Result<PlanSpec> {
+        let subnet = self.subnet_of(eni, view).await?;
+        PlanSpec::from_eni(eni, subnet, &self.config.scope)
+    }
+
     /// The host link of an attached (or detaching) secondary ENI; None without a MAC.
     async fn eni_link(&self, eni: &pb::Eni, view: &pb::GetNodeResponse) -> Result<Option<EniLink>> {
         if eni.mac.is_empty() {
@@ -944,12 +945,8 @@ impl PlanSpec {
 
     /// A plan as the server's view shows it (a restarted agent resuming it), with the tags and
     /// description the server handed out for it (`ipam_core::eni_tags`).
-    fn from_eni(eni: &pb::Eni, view: &pb::GetNodeResponse, scope: &NodeScope) -> Result<Self> {
-        let config = view
-            .subnet_config
-            .as_ref()
-            .ok_or_else(|| ExecError::View("no subnet config".to_owned()))?;
-        let subnet = parse_cidr(&config.subnet_cidr)?;
+    /// `subnet` is the ENI's own subnet (see [`Executor::subnet_of`]).
+    fn from_eni(eni: &pb::Eni, subnet: Ipv4Cidr, scope: &NodeScope) -> Result<Self> {
         let primary_ip = parse_ip(&eni.primary_ip)?;
         let secondary_ips = sorted(
             eni.addresses
